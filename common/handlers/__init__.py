@@ -1,1 +1,7 @@
-"""common.handlers"""
+"""ignite handlers the bundles attach to MONAI engines."""
+
+from common.handlers.progress import ProgressBar
+from common.handlers.segmentation_report import SegmentationReport
+from common.handlers.teacher_export import TeacherExport
+
+__all__ = ["ProgressBar", "SegmentationReport", "TeacherExport"]

@@ -1,0 +1,94 @@
+"""Reading a task's ``datalist.json`` and refusing bad input before training starts.
+
+A dataset folder holds ``datalist.json`` in the MONAI Decathlon layout (``{"training": [{"image": ..., "label":
+...}], "validation": [...], "test": [...]}``, paths relative to the folder). Problems are named with the file and
+the fix, instead of surfacing as a traceback from a DataLoader worker hours later.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from monai.data import load_decathlon_datalist
+from monai.transforms import LoadImage
+
+from common.errors import DataError
+
+__all__ = ["DataError", "load_datalist", "check_items"]
+
+
+def load_datalist(
+    dataset_dir: str | Path,
+    key: str = "training",
+    num_classes: int | None = None,
+    check: bool = True,
+    limit: int | None = None,
+) -> list[dict]:
+    """Items of split ``key`` of ``dataset_dir/datalist.json`` with absolute paths, checked with :func:`check_items`.
+
+    Args:
+        dataset_dir: folder with ``datalist.json``.
+        key: split name (``training``, ``validation``, ``test``, ...).
+        num_classes: K; with ``check``, every label value must lie in [0, K) (K = 1: binary labels {0, 1}).
+        check: read every file once to check it (shapes, label values); False only checks that files exist.
+        limit: keep the first ``limit`` items (label-budget experiments, quick runs).
+    """
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise DataError(
+            f"dataset_dir '{dataset_dir}' does not exist. Prepare the sample data with "
+            "'python scripts/prepare_data.py --out data' and pass --dataset_dir data/lits_liver, or point "
+            "--dataset_dir at a folder holding your datalist.json."
+        )
+    datalist_path = dataset_dir / "datalist.json"
+    if not datalist_path.is_file():
+        raise DataError(f"'{datalist_path}' not found: dataset_dir must hold a datalist.json (MONAI Decathlon layout).")
+    try:
+        items = load_decathlon_datalist(str(datalist_path), is_segmentation=True, data_list_key=key)
+    except ValueError as e:
+        raise DataError(f"'{datalist_path}' has no '{key}' list: {e}") from None
+    if limit is not None:
+        items = items[: int(limit)]
+    if not items:
+        raise DataError(f"The '{key}' split of '{datalist_path}' is empty.")
+    check_items(items, num_classes=num_classes, read=check)
+    return items
+
+
+def check_items(items: list[dict], num_classes: int | None = None, read: bool = True) -> None:
+    """Raise :class:`DataError` for a missing or unreadable image or label, an image/label shape mismatch, or a
+    label value outside [0, num_classes)."""
+    loader = LoadImage(image_only=True)
+    for item in items:
+        for k in ("image", "label"):
+            if k in item and not Path(item[k]).is_file():
+                raise DataError(f"{k} file not found: '{item[k]}'.")
+        if not read:
+            continue
+        arrays = {}
+        for k in ("image", "label"):
+            if k not in item:
+                continue
+            try:
+                arrays[k] = np.asarray(loader(item[k]))
+            except Exception as e:  # any reader failure means the same thing to the user
+                raise DataError(f"cannot read {k} '{item[k]}': {e}") from None
+        if "label" not in arrays:
+            continue
+        label = arrays["label"]
+        if "image" in arrays and arrays["image"].shape[:2] != label.shape[:2]:
+            raise DataError(
+                f"image/label shape mismatch: '{item['image']}' is {arrays['image'].shape}, "
+                f"'{item['label']}' is {label.shape}."
+            )
+        if num_classes is not None:
+            top = max(num_classes, 2)  # K = 1 is a binary {0, 1} label
+            values = np.unique(label)
+            bad = values[(values < 0) | (values >= top) | (values != np.round(values))]
+            if bad.size:
+                shown = [int(v) if float(v).is_integer() else float(v) for v in bad[:5]]
+                raise DataError(
+                    f"label '{item['label']}' has values {shown} outside 0..{top - 1} "
+                    f"(num_classes={num_classes}). Set num_classes, or remap the labels."
+                )

@@ -1,0 +1,87 @@
+"""A disk cache of teacher outputs, so students can distil without running the teacher every step.
+
+An entry is keyed by the teacher's fingerprint (a hash of its merged weights and input size) and by the image's
+content, so a changed teacher checkpoint or a changed image never serves a stale entry: it simply misses.
+Entries are plain tensor dicts written atomically and read with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from torch import nn
+
+from common.networks.lora import merged_state_dict
+
+__all__ = ["teacher_fingerprint", "TeacherCache", "TeacherCacheWriter"]
+
+
+def teacher_fingerprint(network: nn.Module, image_size: int | None = None) -> str:
+    """sha256 of the teacher's merged weights (so the adapter form and the merged form agree) and input size."""
+    h = hashlib.sha256(f"image_size={image_size}".encode())
+    for name, tensor in sorted(merged_state_dict(network).items()):
+        h.update(name.encode())
+        h.update(str(tuple(tensor.shape)).encode())
+        h.update(tensor.detach().cpu().contiguous().float().numpy().tobytes())
+    return h.hexdigest()[:24]
+
+
+class TeacherCache:
+    """``cache_dir/<fingerprint>/<image hash>.pt`` holding the teacher outputs of one image."""
+
+    def __init__(self, cache_dir: str | Path, fingerprint: str) -> None:
+        self.root = Path(cache_dir) / fingerprint
+        self.fingerprint = fingerprint
+
+    @staticmethod
+    def image_key(image: torch.Tensor | np.ndarray) -> str:
+        array = np.ascontiguousarray(np.asarray(image.detach().cpu() if torch.is_tensor(image) else image, np.float32))
+        return hashlib.sha256(str(array.shape).encode() + array.tobytes()).hexdigest()[:32]
+
+    def path(self, image: torch.Tensor | np.ndarray) -> Path:
+        return self.root / f"{self.image_key(image)}.pt"
+
+    def save(self, image: torch.Tensor | np.ndarray, outputs: dict[str, torch.Tensor]) -> Path:
+        path = self.path(image)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({k: v.detach().cpu().contiguous() for k, v in outputs.items()}, tmp)
+        tmp.replace(path)
+        return path
+
+    def load(self, image: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor] | None:
+        path = self.path(image)
+        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+
+
+class TeacherCacheWriter:
+    """Evaluator handler: store each image's raw teacher logits (``pred`` before any post-processing) in a
+    :class:`TeacherCache`. Use with an identity post-processing (see the teacher bundle's ``cache.json``).
+
+    The fingerprint is taken when the engine starts, i.e. after a ``CheckpointLoader`` listed before this handler
+    has loaded the weights."""
+
+    def __init__(
+        self, cache_dir: str | Path, network: nn.Module, image_size: int | None = None, image_key: str = "image"
+    ) -> None:
+        self.cache_dir, self.network, self.image_size = cache_dir, network, image_size
+        self.cache: TeacherCache | None = None
+        self.image_key = image_key
+        self.written = 0
+
+    def attach(self, engine: Engine) -> None:
+        engine.add_event_handler(Events.STARTED, self._start)
+        engine.add_event_handler(Events.ITERATION_COMPLETED, self)
+
+    def _start(self, engine: Engine) -> None:
+        self.cache = TeacherCache(self.cache_dir, teacher_fingerprint(self.network, self.image_size))
+
+    def __call__(self, engine: Engine) -> None:
+        output = engine.state.output
+        for item in output if isinstance(output, list) else [output]:
+            self.cache.save(item[self.image_key], {"logits": item["pred"].float()})
+            self.written += 1

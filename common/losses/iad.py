@@ -1,0 +1,375 @@
+"""Losses of IAD, infusion → assimilation distillation (METHODS.md §4).
+
+Stage 1, Knowledge Infusion (KIS), teacher frozen:
+
+- :class:`SoftLabelDistillationLoss`: L_sld, L2 between teacher and student logits.
+- :class:`PrototypeAlignmentLoss`: L_cpd, class-weighted alignment of per-image class prototypes.
+  Per-class weights come from :func:`resolve_class_weights` (``None`` / list / ``"auto"``); ``"auto"`` uses
+  :func:`class_weights_from_datalist` → :func:`class_weights_from_labels` → :func:`inverse_frequency_weights`.
+
+Stage 2, Knowledge Assimilation (KAS), from the stage-1 student:
+
+- :class:`KnowledgeAssimilationLoss`: a module owning the two trainable projections and returning
+  ``{"rfc": L_rfc, "css": L_css}``; the formulas are the pure functions :func:`reverse_feature_constraint` and
+  :func:`contrastive_semantic_loss`.
+
+Conventions shared by every loss here:
+
+- ``forward(student, teacher, ...)``: the student comes first, the teacher second; teacher tensors are
+  ``.detach()``-ed inside the loss, so no gradient ever reaches the teacher.
+- S(·) is the softmax over the class axis (dim 1), or the sigmoid when that axis has one channel (K = 1).
+- 2D (B,C,H,W) and 3D (B,C,D,H,W) tensors are both accepted; "bilinear" below means trilinear in 3D.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = [
+    "class_probabilities",
+    "resize_spatial",
+    "resize_label",
+    "inverse_frequency_weights",
+    "class_weights_from_labels",
+    "class_weights_from_datalist",
+    "resolve_class_weights",
+    "SoftLabelDistillationLoss",
+    "PrototypeAlignmentLoss",
+    "reverse_feature_constraint",
+    "contrastive_semantic_loss",
+    "KnowledgeAssimilationLoss",
+]
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------------------
+def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """S(·): softmax over the class axis (dim 1), sigmoid when there is a single channel (K = 1)."""
+    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
+
+
+def resize_spatial(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resize a (B,C,*spatial) map to ``size`` with (bi/tri)linear interpolation, ``align_corners=False``.
+
+    Returns ``x`` unchanged when its spatial size already equals ``size``.
+    """
+    size = tuple(int(s) for s in size)
+    if tuple(x.shape[2:]) == size:
+        return x
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
+    return F.interpolate(x, size=size, mode=mode, align_corners=False)
+
+
+def resize_label(label: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Bring an integer label map to shape (B,*size), resizing it with nearest-neighbour when needed.
+
+    Args:
+        label: (B,1,*spatial) or (B,*spatial) class indices (any dtype holding integers).
+        size: the target spatial size (that of the logits / feature maps).
+    """
+    size = tuple(int(s) for s in size)
+    if label.ndim == len(size) + 2:
+        if label.shape[1] != 1:
+            raise ValueError(f"label must be a class-index map with one channel, got shape {tuple(label.shape)}.")
+        label = label[:, 0]
+    elif label.ndim != len(size) + 1:
+        raise ValueError(f"label of shape {tuple(label.shape)} does not match a spatial size {size}.")
+    if tuple(label.shape[1:]) != size:
+        label = F.interpolate(label[:, None].float(), size=size, mode="nearest")[:, 0]
+    return label.round().long()
+
+
+def _num_label_classes(num_classes: int) -> int:
+    """Label values per channel count: K = 1 (one sigmoid logit) still has two label regions, 0 and 1."""
+    return 2 if num_classes == 1 else num_classes
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# class weights ("auto" = inverse class frequency)
+# ----------------------------------------------------------------------------------------------------------------------
+def inverse_frequency_weights(counts: Sequence[float] | np.ndarray, power: float = 1.0) -> list[float]:
+    """Per-class weights from voxel counts: w_n ∝ (1/freq_n)^power, normalised to mean 1 over the present classes.
+
+    freq_n = counts_n / Σ_m counts_m. Classes with a zero count (never seen in the labels) get weight 1.0, the
+    neutral default of the loss, rather than 0 (which would silently switch a class off) or infinity.
+
+    Args:
+        counts: one non-negative count per class, background included.
+        power: exponent of the inverse frequency (1: plain inverse frequency, 0.5: its square root).
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or np.any(counts < 0):
+        raise ValueError("counts must be a 1D sequence of non-negative numbers.")
+    present = counts > 0
+    if not present.any():
+        raise ValueError("inverse_frequency_weights: every class count is zero.")
+    weights = np.ones_like(counts)
+    inv = (counts[present] / counts.sum()) ** (-power)
+    weights[present] = inv / inv.mean()
+    return [float(w) for w in weights]
+
+
+def class_weights_from_labels(
+    labels: Iterable[np.ndarray | torch.Tensor], num_classes: int, power: float = 1.0
+) -> list[float]:
+    """Inverse-frequency class weights (see :func:`inverse_frequency_weights`) from integer label arrays.
+
+    Values outside [0, N) are ignored, N = num_classes (N = 2 when num_classes = 1: a binary label map
+    still holds background 0 and foreground 1).
+    """
+    n = _num_label_classes(num_classes)
+    counts = np.zeros(n, dtype=np.float64)
+    for label in labels:
+        arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
+        arr = np.rint(arr).astype(np.int64).ravel()
+        arr = arr[(arr >= 0) & (arr < n)]
+        counts += np.bincount(arr, minlength=n)[:n]
+    return inverse_frequency_weights(counts, power=power)
+
+
+def class_weights_from_datalist(
+    datalist_path: str,
+    num_classes: int,
+    key: str = "training",
+    label_key: str = "label",
+    base_dir: str | None = None,
+    power: float = 1.0,
+) -> list[float]:
+    """Inverse-frequency class weights from the label files of a MONAI (Decathlon-style) datalist.
+
+    Reads ``datalist[key]`` with ``monai.data.load_decathlon_datalist`` (relative paths are taken from
+    ``base_dir``, default the datalist's folder), loads each ``item[label_key]`` with ``monai.transforms.LoadImage``
+    and counts the voxels of each class; items without a label (an unlabelled transfer set) are skipped.
+    A bundle config calls it as ``"$common.losses.iad.class_weights_from_datalist(@datalist, @num_classes)"``.
+    """
+    from monai.data import load_decathlon_datalist
+    from monai.transforms import LoadImage
+
+    items = load_decathlon_datalist(datalist_path, is_segmentation=True, data_list_key=key, base_dir=base_dir)
+    root = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(datalist_path))
+    paths = [item[label_key] for item in items if item.get(label_key)]
+    if not paths:
+        raise ValueError(f"No '{label_key}' entries under '{key}' in {datalist_path}.")
+    loader = LoadImage(image_only=True)
+    labels = (np.asarray(loader(p if os.path.isabs(p) else os.path.join(root, p))) for p in paths)
+    return class_weights_from_labels(labels, num_classes, power=power)
+
+
+def resolve_class_weights(
+    weights: Sequence[float] | str | None,
+    num_classes: int,
+    datalist: str | None = None,
+    datalist_key: str = "training",
+    label_key: str = "label",
+) -> list[float]:
+    """Map a config's ``class_weights`` to a list of N floats (N = num_classes, or 2 when num_classes = 1).
+
+    - ``None`` → all ones (the paper's default);
+    - a sequence of N numbers → as given (paper, Synapse: gallbladder 2, pancreas 4, the rest 1);
+    - ``"auto"`` → :func:`class_weights_from_datalist` on ``datalist`` (required then).
+    """
+    n = _num_label_classes(num_classes)
+    if weights is None:
+        return [1.0] * n
+    if isinstance(weights, str):
+        if weights.lower() != "auto":
+            raise ValueError(f"class_weights must be None, a list of {n} floats or 'auto', got '{weights}'.")
+        if datalist is None:
+            raise ValueError("class_weights='auto' needs a datalist path to count the training labels.")
+        return class_weights_from_datalist(datalist, num_classes, key=datalist_key, label_key=label_key)
+    weights = [float(w) for w in weights]
+    if len(weights) != n:
+        raise ValueError(f"Expected {n} class weights, got {len(weights)}.")
+    return weights
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# stage 1: knowledge infusion
+# ----------------------------------------------------------------------------------------------------------------------
+class SoftLabelDistillationLoss(nn.Module):
+    """Soft-label distillation, IAD stage 1 (METHODS.md §4, KIS): L2 between teacher and student logits.
+
+    Paper:        L_sld = (1/B) · Σ_b ||O_t^b − O_s^b||²
+    Implemented:  L_sld = mean over all B·K·H·W elements of (O_t − O_s)²  (``F.mse_loss``)
+                        = paper's L_sld / (K·H·W)   (K·D·H·W in 3D).
+
+    The two differ by the constant factor K·H·W, which the stage weight α absorbs; the element mean keeps the
+    value independent of image size and class count ("mean squared error on logits", as METHODS states).
+    Teacher logits are detached; when their spatial size differs from the student's they are resized to the
+    student's size (bilinear, ``align_corners=False``).
+    """
+
+    def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        teacher_logits = resize_spatial(teacher_logits.detach(), student_logits.shape[2:])
+        if teacher_logits.shape != student_logits.shape:
+            raise ValueError(f"Teacher {tuple(teacher_logits.shape)} vs student {tuple(student_logits.shape)}.")
+        return F.mse_loss(student_logits, teacher_logits.to(student_logits.dtype))
+
+
+class PrototypeAlignmentLoss(nn.Module):
+    """Class-weighted prototype alignment, IAD stage 1 (METHODS.md §4, KIS).
+
+    For each image b and class n present in Y^b (Ω_b^n = {pixels with Y^b = n}, |Ω_b^n| > 0):
+
+        P^{b,n} = (1/|Ω_b^n|) · Σ_{p ∈ Ω_b^n} O^b[:, p]                   (a C-vector; C = K for logits)
+        L_cpd   = Σ_{(b,n) present} w_n · ||P_t^{b,n} − P_s^{b,n}||²  /  #{(b,n) present}
+
+    ||·||² is the plain sum of squares over the C channels (no division by C). Absent (b, n) pairs contribute
+    nothing and are not counted; if no pair is present (every label value outside [0, N)) the loss is 0, still
+    attached to the student's graph. Prototypes are computed with a one-hot einsum (no loop over B×N).
+
+    Inputs:
+        - ``use_features=False`` (default, as the released code): the logits (B,K,*spatial). The teacher logits
+          are resized (bilinear) to the student's size, and the label to that size with nearest-neighbour.
+        - ``use_features=True``: any pair of feature maps with the same channel count C, each resized (bilinear)
+          to the label's spatial size.
+
+    Label: (B,1,*spatial) or (B,*spatial) integer classes in [0, N), N = num_classes (N = 2 when num_classes = 1:
+    a single sigmoid logit still has a background and a foreground region). Other values are ignored.
+
+    Args:
+        num_classes: K, the number of classes including background.
+        class_weights: w_n; ``None`` (all 1), N floats, or ``"auto"`` (inverse class frequency over the label files
+            of ``datalist``, see :func:`resolve_class_weights`).
+        use_features: prototypes of feature maps instead of logits (see above).
+        datalist: datalist JSON used when ``class_weights="auto"``.
+        datalist_key: the datalist section read for ``"auto"``.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_weights: Sequence[float] | str | None = None,
+        use_features: bool = False,
+        datalist: str | None = None,
+        datalist_key: str = "training",
+    ) -> None:
+        super().__init__()
+        self.num_classes = int(num_classes)
+        self.num_label_classes = _num_label_classes(self.num_classes)
+        self.use_features = use_features
+        weights = resolve_class_weights(class_weights, self.num_classes, datalist=datalist, datalist_key=datalist_key)
+        self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
+
+    def prototypes(self, x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:
+        """Masked means: (B,C,*spatial) map and (B,N,*spatial) one-hot → (B,N,C) prototypes (0 where absent)."""
+        sums = torch.einsum("bnp,bcp->bnc", onehot.flatten(2), x.flatten(2))
+        counts = onehot.flatten(2).sum(-1, keepdim=True)
+        return sums / counts.clamp_min(1.0)
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        teacher = teacher.detach()
+        if self.use_features:
+            size = label.shape[2:] if label.ndim == student.ndim else label.shape[1:]
+            student, teacher = resize_spatial(student, size), resize_spatial(teacher, size)
+        else:
+            teacher = resize_spatial(teacher, student.shape[2:])
+        if teacher.shape != student.shape:
+            raise ValueError(f"Teacher {tuple(teacher.shape)} vs student {tuple(student.shape)}.")
+        teacher = teacher.to(student.dtype)
+        label = resize_label(label, student.shape[2:])
+        n = self.num_label_classes
+        valid = (label >= 0) & (label < n)
+        onehot = F.one_hot(label.clamp(0, n - 1), n).movedim(-1, 1).to(student.dtype)
+        onehot = onehot * valid.unsqueeze(1).to(student.dtype)
+        present = onehot.flatten(2).sum(-1) > 0  # (B,N)
+        dist = (self.prototypes(teacher, onehot) - self.prototypes(student, onehot)).pow(2).sum(-1)  # (B,N)
+        weighted = self.class_weights.to(student.dtype)[None] * dist * present.to(student.dtype)
+        return weighted.sum() / present.sum().clamp_min(1).to(student.dtype)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# stage 2: knowledge assimilation
+# ----------------------------------------------------------------------------------------------------------------------
+def reverse_feature_constraint(x: torch.Tensor, logits: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Reverse feature constraint L_rfc, IAD stage 2 (METHODS.md §4, KAS).
+
+    Paper:  L_rfc = (1/B)·Σ_b ||X^b − O_s^b||²
+                    + 1 − mean_{b,c} (2·Σ_hw S(X)·S(O_s) + ε) / (Σ_hw S(X) + Σ_hw S(O_s) + ε)
+    Implemented with the first term as the mean over all B·K·H·W elements of (X − O_s)² (``F.mse_loss``), i.e.
+    the paper's term divided by the constant K·H·W (absorbed by the stage weight γ). The second term is a soft
+    Dice between S(X) and S(O_s), per sample and class, averaged. Both inputs receive gradients.
+
+    Args:
+        x: X, the projected deep feature, same shape as ``logits``.
+        logits: O_s, the student logits (B,K,*spatial).
+        eps: ε, smoothing of the Dice ratio.
+    """
+    if x.shape != logits.shape:
+        raise ValueError(f"X {tuple(x.shape)} vs logits {tuple(logits.shape)}.")
+    mse = F.mse_loss(x, logits)
+    px, ps = class_probabilities(x).flatten(2), class_probabilities(logits).flatten(2)
+    dice = (2.0 * (px * ps).sum(-1) + eps) / (px.sum(-1) + ps.sum(-1) + eps)
+    return mse + 1.0 - dice.mean()
+
+
+def contrastive_semantic_loss(
+    logits: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, temperature: float = 1.0
+) -> torch.Tensor:
+    """Contrastive semantic self-optimisation L_css, IAD stage 2 (METHODS.md §4, KAS).
+
+    L_css = mean_b −log( e^{sim(O_s,F₊)/t} / (e^{sim(O_s,F₊)/t} + e^{sim(O_s,F₋)/t}) ),
+    sim(a, b) = cosine similarity of the flattened (K·H·W) maps of one sample; computed as a log-sum-exp.
+
+    Args:
+        logits: O_s (B,K,*spatial).
+        positive: F₊ (same shape).
+        negative: F₋ (same shape).
+        temperature: t.
+    """
+    o = logits.flatten(1)
+    sim_pos = F.cosine_similarity(o, positive.flatten(1), dim=1) / temperature
+    sim_neg = F.cosine_similarity(o, negative.flatten(1), dim=1) / temperature
+    return (torch.logsumexp(torch.stack([sim_pos, sim_neg], dim=1), dim=1) - sim_pos).mean()
+
+
+class KnowledgeAssimilationLoss(nn.Module):
+    """Knowledge assimilation, IAD stage 2 (METHODS.md §4, KAS): reverse feature constraint + contrastive term.
+
+        X   = resize(Conv1×1(F_l)) to O_s's spatial size (bilinear, align_corners=False)
+        L_rfc = :func:`reverse_feature_constraint` (X, O_s, ε)
+        F₊  = X,   F₋ = Conv3×3((1 − S(F₊)) + (1 − S(O_s)))
+        L_css = :func:`contrastive_semantic_loss` (O_s, F₊, F₋, t)
+
+    The two projections (``project``: C_l→K 1×1, ``negative``: K→K 3×3, padding 1) are trainable sub-modules:
+    register this loss's parameters with the optimiser and save them in checkpoints. No teacher is involved, so
+    KAS can follow any other distillation stage. 2D and 3D (``spatial_dims=3``: 1×1×1 and 3×3×3 convs).
+
+    Args:
+        feature_channels: C_l, channels of the deepest encoder feature F_l.
+        num_classes: K (K = 1: S is the sigmoid).
+        temperature: t of L_css.
+        eps: ε of the Dice term in L_rfc.
+        spatial_dims: 2 or 3.
+
+    Returns from ``forward(student_logits, deep_feature)``: ``{"rfc": L_rfc, "css": L_css}``.
+    """
+
+    def __init__(
+        self,
+        feature_channels: int,
+        num_classes: int,
+        temperature: float = 1.0,
+        eps: float = 1e-6,
+        spatial_dims: int = 2,
+    ) -> None:
+        super().__init__()
+        conv = {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
+        self.project = conv(feature_channels, num_classes, kernel_size=1)
+        self.negative = conv(num_classes, num_classes, kernel_size=3, padding=1)
+        self.temperature = temperature
+        self.eps = eps
+
+    def forward(self, student_logits: torch.Tensor, deep_feature: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = resize_spatial(self.project(deep_feature), student_logits.shape[2:])
+        rfc = reverse_feature_constraint(x, student_logits, self.eps)
+        negative = self.negative((1.0 - class_probabilities(x)) + (1.0 - class_probabilities(student_logits)))
+        css = contrastive_semantic_loss(student_logits, x, negative, self.temperature)
+        return {"rfc": rfc, "css": css}

@@ -1,0 +1,320 @@
+"""The teacher: Segment Anything (ViT-B/L/H, LiteMedSAM, or a tiny test preset) as a prompt-free K-class segmenter.
+
+METHODS.md §1 (the SAMed recipe): the prompt encoder is called with no points, boxes or masks; the mask decoder
+has K mask tokens (K = classes including background) and all K masks are returned as logits (B, K, s/4, s/4 for
+ViT), upsampled bilinearly to the input size. LoRA (``peft``) goes on the image encoder's fused ``qkv`` Linears;
+the image encoder's own weights are frozen, the prompt encoder and mask decoder train.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import re
+import sys
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common.errors import CheckpointError, InputError
+from common.networks.lora import inject_lora, load_adapter
+
+__all__ = ["SamTeacher", "TeacherArch", "TEACHER_ARCHS", "build_teacher", "load_teacher_checkpoint", "sam_modeling"]
+
+# SAM's ImageNet pixel statistics, for inputs scaled to [0, 1].
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def sam_modeling() -> types.ModuleType:
+    """``segment_anything.modeling`` without running the package ``__init__``, which imports torchvision.
+
+    When torchvision is missing (the CPU torch here), ``segment_anything`` is registered as a bare package whose
+    ``__path__`` points at the installed one, so only the modeling code (pure torch) is imported.
+    """
+    if "segment_anything" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+        spec = importlib.util.find_spec("segment_anything")
+        if spec is None or spec.submodule_search_locations is None:
+            raise ImportError("segment_anything is not installed: pip install segment-anything")
+        package = types.ModuleType("segment_anything")
+        package.__path__ = list(spec.submodule_search_locations)
+        package.__spec__ = spec
+        sys.modules["segment_anything"] = package
+    return importlib.import_module("segment_anything.modeling")
+
+
+@dataclass(frozen=True)
+class TeacherArch:
+    """Shape of one teacher architecture (SAM's ``sam_model_registry`` values for the ViTs)."""
+
+    encoder: str  # "vit" or "tiny_vit"
+    image_size: int  # native input size
+    embed_dim: int = 768
+    depth: int = 12
+    num_heads: int = 12
+    global_attn_indexes: tuple[int, ...] = (2, 5, 8, 11)
+    window_size: int = 14
+    prompt_dim: int = 256
+    decoder_depth: int = 2
+    decoder_mlp_dim: int = 2048
+    decoder_heads: int = 8
+    iou_head_hidden_dim: int = 256
+    mask_in_chans: int = 16
+    normalize: bool = True  # SAM checkpoints expect ImageNet-normalised pixels; LiteMedSAM takes [0, 1]
+    lora_rank: int = 4  # METHODS.md §1 default for this backbone
+
+    @property
+    def stride(self) -> int:
+        """Input pixels per image-embedding pixel."""
+        return 16 if self.encoder == "vit" else 4
+
+
+TEACHER_ARCHS: dict[str, TeacherArch] = {
+    "vit_b": TeacherArch("vit", 1024, 768, 12, 12, (2, 5, 8, 11)),
+    "vit_l": TeacherArch("vit", 1024, 1024, 24, 16, (5, 11, 17, 23), lora_rank=8),
+    "vit_h": TeacherArch("vit", 1024, 1280, 32, 16, (7, 15, 23, 31)),
+    "litemedsam": TeacherArch("tiny_vit", 256, normalize=False),
+    # a few layers and a small width so that tests run in seconds
+    "tiny": TeacherArch(
+        "vit", 64, 32, 2, 2, (1,), window_size=2, prompt_dim=32, decoder_depth=1, decoder_mlp_dim=64,
+        decoder_heads=2, iou_head_hidden_dim=32, mask_in_chans=4,
+    ),
+}  # fmt: skip
+
+
+class SamTeacher(nn.Module):
+    """Prompt-free multi-class SAM: image (B, 1 or 3, H, W) in [0, 1] → logits (B, K, H, W).
+
+    ``forward_features`` also returns the image embedding (B, C, s/stride, s/stride) for feature distillation.
+    Inputs whose size differs from ``image_size`` are resized to it, and the logits back to the input size.
+    """
+
+    def __init__(
+        self,
+        image_encoder: nn.Module,
+        prompt_encoder: nn.Module,
+        mask_decoder: nn.Module,
+        image_size: int,
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.prompt_encoder = prompt_encoder
+        self.mask_decoder = mask_decoder
+        self.image_size = image_size
+        self.num_classes = mask_decoder.num_mask_tokens
+        mean = IMAGENET_MEAN if normalize else (0.0, 0.0, 0.0)
+        std = IMAGENET_STD if normalize else (1.0, 1.0, 1.0)
+        self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def preprocess(self, x: torch.Tensor) -> torch.Tensor:
+        """Grayscale → 3 channels, resize to ``image_size``, pixel normalisation."""
+        if x.shape[1] == 1:
+            x = x.expand(-1, 3, -1, -1)
+        elif x.shape[1] != 3:
+            raise ValueError(f"The teacher takes 1- or 3-channel images, got {x.shape[1]} channels.")
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
+        return (x - self.pixel_mean) / self.pixel_std
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Logits at the input size and the image embedding."""
+        size = x.shape[-2:]
+        embedding = self.image_encoder(self.preprocess(x))
+        # Prompt-free: no points, boxes or masks. Batch 1 sparse/dense prompts broadcast over the B images.
+        sparse, dense = self.prompt_encoder(points=None, boxes=None, masks=None)
+        low_res, _ = self.mask_decoder.predict_masks(
+            image_embeddings=embedding,
+            image_pe=self.prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+        )
+        logits = F.interpolate(low_res, size=size, mode="bilinear", align_corners=False)
+        return {"logits": logits, "embedding": embedding}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)["logits"]
+
+
+def _build_modules(arch: TeacherArch, image_size: int, num_classes: int) -> SamTeacher:
+    modeling = sam_modeling()
+    if image_size % 16:
+        raise InputError(f"image_size must be a multiple of 16, got {image_size}.")
+    if arch.encoder == "vit":
+        image_encoder = modeling.ImageEncoderViT(
+            depth=arch.depth,
+            embed_dim=arch.embed_dim,
+            img_size=image_size,
+            mlp_ratio=4,
+            norm_layer=partial(nn.LayerNorm, eps=1e-6),
+            num_heads=arch.num_heads,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=arch.global_attn_indexes,
+            window_size=arch.window_size,
+            out_chans=arch.prompt_dim,
+        )
+    else:
+        from common.networks.tiny_vit import build_litemedsam_image_encoder
+
+        image_encoder = build_litemedsam_image_encoder(img_size=image_size)
+    embed = image_size // arch.stride
+    prompt_encoder = modeling.PromptEncoder(
+        embed_dim=arch.prompt_dim,
+        image_embedding_size=(embed, embed),
+        input_image_size=(image_size, image_size),
+        mask_in_chans=arch.mask_in_chans,
+    )
+    mask_decoder = modeling.MaskDecoder(
+        num_multimask_outputs=num_classes - 1,  # K mask tokens in all
+        transformer=modeling.TwoWayTransformer(
+            depth=arch.decoder_depth,
+            embedding_dim=arch.prompt_dim,
+            mlp_dim=arch.decoder_mlp_dim,
+            num_heads=arch.decoder_heads,
+        ),
+        transformer_dim=arch.prompt_dim,
+        iou_head_depth=3,
+        iou_head_hidden_dim=arch.iou_head_hidden_dim,
+    )
+    return SamTeacher(image_encoder, prompt_encoder, mask_decoder, image_size, normalize=arch.normalize)
+
+
+def _adapt_state_dict(
+    state: dict[str, torch.Tensor], model: SamTeacher, arch: TeacherArch
+) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Make a SAM checkpoint fit the model's input size and class count; return the new dict and what changed.
+
+    - absolute position embedding (1, g, g, C): bilinear resize to the model's grid (image_size / 16);
+    - relative position tables of the global-attention blocks (selected by index): linear resize to 2·g − 1;
+    - mask tokens, their hyper-network MLPs and the IoU head's last layer: token i starts from pretrained token
+      i mod n (SAM ships n = 4), so every class starts from a trained mask token.
+    """
+    own = model.state_dict()
+    out = dict(state)
+    notes = []
+    key = "image_encoder.pos_embed"
+    if key in state and key in own and state[key].shape != own[key].shape:
+        pos = state[key].permute(0, 3, 1, 2).float()
+        pos = F.interpolate(pos, size=own[key].shape[1:3], mode="bilinear", align_corners=False)
+        out[key] = pos.permute(0, 2, 3, 1).to(state[key].dtype)
+        notes.append(f"pos_embed {tuple(state[key].shape)} -> {tuple(own[key].shape)}")
+    if arch.encoder == "vit":
+        for i in arch.global_attn_indexes:
+            for axis in ("h", "w"):
+                key = f"image_encoder.blocks.{i}.attn.rel_pos_{axis}"
+                if key in state and key in own and state[key].shape != own[key].shape:
+                    table = state[key].float().t().unsqueeze(0)  # (1, head_dim, L)
+                    table = F.interpolate(table, size=own[key].shape[0], mode="linear", align_corners=False)
+                    out[key] = table[0].t().to(state[key].dtype)
+                    notes.append(f"{key} {tuple(state[key].shape)} -> {tuple(own[key].shape)}")
+    n_ckpt = state["mask_decoder.mask_tokens.weight"].shape[0] if "mask_decoder.mask_tokens.weight" in state else 0
+    k = model.num_classes
+    if n_ckpt and n_ckpt != k:
+        rows = torch.arange(k) % n_ckpt
+        out["mask_decoder.mask_tokens.weight"] = state["mask_decoder.mask_tokens.weight"][rows]
+        last = max(
+            int(m.group(1)) for s in state if (m := re.match(r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\.", s))
+        )
+        for p in ("weight", "bias"):
+            name = f"mask_decoder.iou_prediction_head.layers.{last}.{p}"
+            out[name] = state[name][rows]
+        hyper = re.compile(r"mask_decoder\.output_hypernetworks_mlps\.(\d+)\.(.+)")
+        for s in list(out):
+            if (m := hyper.match(s)) and int(m.group(1)) >= k:
+                del out[s]
+        for i in range(n_ckpt, k):
+            for s in state:
+                if (m := hyper.match(s)) and int(m.group(1)) == i % n_ckpt:
+                    out[f"mask_decoder.output_hypernetworks_mlps.{i}.{m.group(2)}"] = state[s]
+        notes.append(f"mask tokens {n_ckpt} -> {k}")
+    return out, notes
+
+
+def load_teacher_checkpoint(model: SamTeacher, path: str | Path, arch_name: str) -> list[str]:
+    """Load an official ``sam_vit_*.pth`` / ``lite_medsam.pth`` into ``model`` (before LoRA), strictly after
+    :func:`_adapt_state_dict`; a checkpoint of another architecture gets a short, clear error."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"teacher_ckpt not found: '{path}'.")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("model"), dict):
+        state = state["model"]
+    state, notes = _adapt_state_dict(state, model, TEACHER_ARCHS[arch_name])
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        raise CheckpointError(
+            f"Checkpoint {path} does not fit teacher_arch='{arch_name}': {len(missing)} missing keys {missing[:3]}, "
+            f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(mismatched)} shape mismatches "
+            f"{mismatched[:3]}. Is it the checkpoint of another architecture?"
+        )
+    model.load_state_dict(state, strict=True)
+    return notes
+
+
+def build_teacher(
+    arch: str = "litemedsam",
+    checkpoint: str | Path | None = None,
+    image_size: int | None = None,
+    num_classes: int = 3,
+    lora_rank: int | None = None,
+    lora_alpha: float | None = None,
+    lora_targets: Sequence[str] = ("qkv",),
+    lora_dropout: float = 0.0,
+    lora_decoder: bool = False,
+    adapter: str | Path | None = None,
+) -> SamTeacher:
+    """Build the teacher: base weights from ``checkpoint`` (None: random init), LoRA on the image encoder.
+
+    Args:
+        arch: ``vit_b``, ``vit_l``, ``vit_h``, ``litemedsam`` or ``tiny``.
+        checkpoint: local path of the official SAM / LiteMedSAM weights; None builds randomly initialised.
+        image_size: input size (default: the architecture's native size); position embeddings are resized.
+        num_classes: K, background included (K = 1: one binary mask).
+        lora_rank: LoRA rank r (None: METHODS.md default of the backbone, 4, or 8 for ViT-L; 0: no LoRA and
+            every weight trainable, the layout of a merged export).
+        lora_alpha: LoRA alpha (None: equal to the rank, i.e. scale 1).
+        lora_targets: names of the image encoder's Linears that get LoRA.
+        lora_decoder: also put LoRA on the mask decoder's attention projections (the decoder's own weights then
+            freeze; only its LoRA trains).
+        adapter: a trained adapter (``adapter.pt``) or training checkpoint of this teacher to load on top.
+    """
+    if arch not in TEACHER_ARCHS:
+        raise InputError(f"teacher_arch must be one of {sorted(TEACHER_ARCHS)}, got '{arch}'.")
+    if num_classes < 1:
+        raise InputError(f"num_classes must be >= 1, got {num_classes}.")
+    spec = TEACHER_ARCHS[arch]
+    model = _build_modules(spec, image_size or spec.image_size, num_classes)
+    if checkpoint:
+        load_teacher_checkpoint(model, checkpoint, arch)
+    rank = spec.lora_rank if lora_rank is None else lora_rank
+    if rank > 0:
+        inject_lora(model.image_encoder, rank, lora_alpha, lora_targets, lora_dropout)
+        if lora_decoder:
+            inject_lora(model.mask_decoder, rank, lora_alpha, ("q_proj", "k_proj", "v_proj", "out_proj"), lora_dropout)
+        for name, p in model.named_parameters():
+            lora = "lora_" in name
+            if name.startswith("image_encoder."):
+                p.requires_grad_(lora)
+            elif name.startswith("mask_decoder.") and lora_decoder:
+                p.requires_grad_(lora)
+            else:
+                p.requires_grad_(True)
+    if adapter:
+        load_adapter(model, adapter)
+    return model

@@ -1,0 +1,110 @@
+"""The teacher_lora bundle run through ``monai.bundle`` on a tiny synthetic task with the ``tiny`` preset."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from monai.bundle import run
+
+from common.data.synthetic import make_synthetic_dataset
+from common.engines.teacher_cache import TeacherCache, teacher_fingerprint
+from common.errors import DataError
+from common.networks.sam_teacher import build_teacher
+
+REPO = Path(__file__).resolve().parents[2]
+CONFIGS = REPO / "bundles" / "teacher_lora" / "configs"
+TINY = {"teacher_arch": "tiny", "image_size": 64, "num_workers": 0}
+
+
+def _cfg(*names: str) -> list[str]:
+    return [str(CONFIGS / n) for n in names]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """One epoch of train.json; returns (bundle_root, dataset_dir)."""
+    root = tmp_path_factory.mktemp("teacher_lora")
+    data = make_synthetic_dataset(root / "data", num_items=(4, 2, 2), size=48)
+    run(
+        config_file=_cfg("train.json"),
+        logging_file=str(CONFIGS / "logging.conf"),
+        bundle_root=str(root),
+        dataset_dir=str(data),
+        epochs=1,
+        batch_size=2,
+        **TINY,
+    )
+    return root, data
+
+
+def test_train_writes_best_checkpoint_adapter_and_merged(trained):
+    root, _ = trained
+    models = root / "models"
+    for name in ("model.pt", "adapter.pt", "model_merged.pt"):
+        assert (models / name).is_file(), name
+    merged = torch.load(models / "model_merged.pt", weights_only=True)
+    plain = build_teacher("tiny", image_size=64, num_classes=3, lora_rank=0)
+    plain.load_state_dict(merged, strict=True)
+    adapter = torch.load(models / "adapter.pt", weights_only=True)
+    assert any("lora_A" in k for k in adapter) and not any(k.endswith("qkv.base_layer.weight") for k in adapter)
+    assert list((root / "outputs").glob("events.out.tfevents*")), "TensorBoard events"
+
+
+def test_evaluate_writes_per_class_metrics(trained):
+    root, data = trained
+    run(config_file=_cfg("train.json", "evaluate.json"), bundle_root=str(root), dataset_dir=str(data), **TINY)
+    summary = json.loads((root / "eval" / "metrics_summary.json").read_text())
+    assert summary["num_cases"] == 2 and set(summary["classes"]) == {"liver", "tumour"}
+    assert "empty" in summary["empty_mask_convention"]
+    rows = (root / "eval" / "metrics_per_case.csv").read_text().splitlines()
+    assert rows[0] == "case,dice_liver,dice_tumour,hd95_liver,hd95_tumour" and len(rows) == 3
+
+
+def test_inference_writes_nifti_and_cache_writes_teacher_logits(trained):
+    root, data = trained
+    run(config_file=_cfg("inference.json"), bundle_root=str(root), dataset_dir=str(data), **TINY)
+    preds = sorted((root / "predictions").glob("*_seg.nii.gz"))
+    assert len(preds) == 2
+    import nibabel as nib
+
+    seg = nib.load(preds[0]).get_fdata()
+    assert seg.shape == (48, 48) and set(seg.ravel().tolist()) <= {0, 1, 2}
+
+    run(config_file=_cfg("inference.json", "cache.json"), bundle_root=str(root), dataset_dir=str(data), **TINY)
+    teacher = build_teacher("tiny", image_size=64, num_classes=3, lora_rank=0)
+    teacher.load_state_dict(torch.load(root / "models" / "model_merged.pt", weights_only=True))
+    cache = TeacherCache(root / "teacher_cache", teacher_fingerprint(teacher, 64))
+    image = nib.load(data / "images" / "image_000.nii.gz").get_fdata()
+    entry = cache.load(torch.as_tensor(image, dtype=torch.float32)[None])
+    assert entry is not None and entry["logits"].shape == (3, 48, 48)
+    with torch.no_grad():
+        expected = teacher.eval()(torch.as_tensor(image, dtype=torch.float32)[None, None])[0]
+    assert torch.allclose(entry["logits"], expected, atol=1e-4)
+    # a changed teacher misses instead of serving a stale entry
+    other = TeacherCache(root / "teacher_cache", teacher_fingerprint(build_teacher("tiny", image_size=64), 64))
+    assert other.load(torch.as_tensor(image, dtype=torch.float32)[None]) is None
+
+
+def test_bad_dataset_dir_is_named(tmp_path):
+    with pytest.raises(Exception) as info:
+        run(config_file=_cfg("train.json"), bundle_root=str(tmp_path), dataset_dir=str(tmp_path / "nope"), **TINY)
+    chain, exc = [], info.value
+    while exc is not None:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    assert any(isinstance(e, DataError) and "does not exist" in str(e) for e in chain)
+
+
+def test_command_line_prints_one_clear_line_for_bad_input(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", num_items=(1, 1, 1), size=16, num_classes=3)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json")]
+    cmd += ["--bundle_root", str(tmp_path), "--dataset_dir", str(data), "--num_classes", "2", "--teacher_arch", "tiny"]
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert out.returncode == 1
+    assert "error: label" in out.stderr and "outside 0..1 (num_classes=2)" in out.stderr
+    assert "Traceback" not in out.stderr

@@ -1,0 +1,50 @@
+"""Bad input is refused with a message that names the file and the problem."""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from common.data.datalist import load_datalist
+from common.data.synthetic import make_synthetic_dataset
+from common.errors import DataError
+
+
+@pytest.fixture()
+def dataset(tmp_path):
+    return make_synthetic_dataset(tmp_path / "ds", num_items=(2, 1, 1), size=16)
+
+
+def test_valid_datalist_gives_absolute_paths(dataset):
+    items = load_datalist(dataset, "training", num_classes=3)
+    assert len(items) == 2 and all(item["image"].startswith(str(dataset)) for item in items)
+    assert len(load_datalist(dataset, "training", num_classes=3, limit=1)) == 1
+
+
+def test_missing_dataset_dir_and_datalist(tmp_path):
+    with pytest.raises(DataError, match="does not exist.*prepare_data"):
+        load_datalist(tmp_path / "nowhere")
+    with pytest.raises(DataError, match="datalist.json"):
+        load_datalist(tmp_path)
+
+
+def test_label_value_outside_num_classes(dataset):
+    with pytest.raises(DataError, match=r"label '.*label_000.nii.gz' has values \[2\] outside 0..1"):
+        load_datalist(dataset, "training", num_classes=2)
+
+
+def test_missing_file_shape_mismatch_and_empty_split(dataset):
+    datalist = json.loads((dataset / "datalist.json").read_text())
+    nib.save(nib.Nifti1Image(np.zeros((8, 8), np.uint8), np.eye(4)), dataset / datalist["test"][0]["label"])
+    with pytest.raises(DataError, match="shape mismatch"):
+        load_datalist(dataset, "test", num_classes=3)
+    (dataset / datalist["validation"][0]["image"]).unlink()
+    with pytest.raises(DataError, match="image file not found"):
+        load_datalist(dataset, "validation", num_classes=3)
+    datalist["validation"] = []
+    (dataset / "datalist.json").write_text(json.dumps(datalist))
+    with pytest.raises(DataError, match="'validation' split .* is empty"):
+        load_datalist(dataset, "validation")

@@ -2,25 +2,36 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 __all__ = ["warmup_poly_lr"]
 
 
-def warmup_poly_lr(optimizer: Optimizer, total_iters: int, warmup_iters: int = 250, power: float = 0.9) -> LambdaLR:
+def warmup_poly_lr(
+    optimizer: Optimizer,
+    total_iters: int,
+    warmup_iters: int = 250,
+    power: float = 0.9,
+    restarts: Sequence[int] = (),
+) -> LambdaLR:
     """Per-iteration schedule of SAMed: linear warm-up to the base lr over ``warmup_iters``, then poly decay
-    lr·(1 − t/T)^power to 0 at ``total_iters``. Step it every iteration (``LrScheduleHandler(epoch_level=False)``).
+    lr·(1 − t/T)^power to 0 at the end. Step it every iteration (``LrScheduleHandler(epoch_level=False)``).
 
-    With fewer iterations than ``warmup_iters`` (short runs), the warm-up is shortened to a tenth of the run.
+    ``restarts``: iterations where the schedule starts again (one per training stage after the first), each segment
+    with its own warm-up and decay. A warm-up at least as long as a segment is shortened to a tenth of it.
     """
-    total_iters = max(int(total_iters), 1)
-    warmup = min(int(warmup_iters), max(total_iters // 10, 0)) if warmup_iters >= total_iters else int(warmup_iters)
+    bounds = [0] + sorted(int(r) for r in restarts if 0 < int(r) < int(total_iters)) + [max(int(total_iters), 1)]
 
     def factor(it: int) -> float:
-        if it < warmup:
-            return (it + 1) / warmup
-        t = (it - warmup) / max(total_iters - warmup, 1)
-        return max(1.0 - t, 0.0) ** power
+        start = max(b for b in bounds[:-1] if b <= it) if it >= 0 else 0
+        end = min(b for b in bounds[1:] if b > start)
+        length, t = end - start, it - start
+        warmup = int(warmup_iters) if warmup_iters < length else length // 10
+        if t < warmup:
+            return (t + 1) / warmup
+        return max(1.0 - (t - warmup) / max(length - warmup, 1), 0.0) ** power
 
     return LambdaLR(optimizer, factor)

@@ -49,7 +49,8 @@ class TeacherCache:
         path = self.path(image)
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp")
-        torch.save({k: v.detach().cpu().contiguous() for k, v in outputs.items()}, tmp)
+        # plain tensors only (a MetaTensor pickles numpy metadata, which weights_only=True rightly refuses)
+        torch.save({k: v.detach().cpu().contiguous().as_subclass(torch.Tensor) for k, v in outputs.items()}, tmp)
         tmp.replace(path)
         return path
 
@@ -85,3 +86,80 @@ class TeacherCacheWriter:
         for item in output if isinstance(output, list) else [output]:
             self.cache.save(item[self.image_key], {"logits": item["pred"].float()})
             self.written += 1
+
+
+def fill_teacher_cache(
+    cache_dir: str | Path,
+    teacher: nn.Module,
+    items: list[dict],
+    image_size: int | None = None,
+    image_key: str = "image",
+    device: str | torch.device | None = None,
+) -> TeacherCache:
+    """Run the teacher once on every image of ``items`` that has no entry yet (images as ``LoadImage`` with a
+    channel axis reads them, un-augmented) and return the cache. Progress is shown; hits cost one hash each."""
+    from monai.transforms import LoadImage
+    from tqdm import tqdm
+
+    cache = TeacherCache(cache_dir, teacher_fingerprint(teacher, image_size))
+    loader = LoadImage(image_only=True, ensure_channel_first=True)
+    device = torch.device(device) if device is not None else next(teacher.parameters()).device
+    teacher.eval()
+    missing = 0
+    for item in tqdm(items, desc="teacher cache", leave=False):
+        image = torch.as_tensor(loader(item[image_key])).float().as_subclass(torch.Tensor)
+        if cache.path(image).is_file():
+            continue
+        with torch.no_grad():
+            logits = teacher(image[None].to(device))[0]
+        cache.save(image, {"logits": logits.float()})
+        missing += 1
+    logger = __import__("logging").getLogger(__name__)
+    logger.info("Teacher cache %s: %d entries written, %d reused.", cache.root, missing, len(items) - missing)
+    return cache
+
+
+class LoadTeacherCached:
+    """Dictionary transform: add ``teacher_logits`` (K, *spatial) from a :class:`TeacherCache` for ``image``.
+
+    Place it right after loading, before any spatial augmentation, and list ``teacher_logits`` in the spatial
+    transforms' keys so the logits move with the image. A miss is a stale cache and stops with a clear error.
+    """
+
+    def __init__(self, cache: TeacherCache, image_key: str = "image", output_key: str = "teacher_logits") -> None:
+        self.cache, self.image_key, self.output_key = cache, image_key, output_key
+
+    def __call__(self, data: dict) -> dict:
+        from common.errors import DataError
+
+        d = dict(data)
+        entry = self.cache.load(d[self.image_key])
+        if entry is None:
+            name = getattr(d[self.image_key], "meta", {}).get("filename_or_obj", "?")
+            raise DataError(
+                f"no teacher-cache entry for image '{name}' in {self.cache.root}: the cache is stale (the image or "
+                "the teacher changed). Fill it again (teacher_mode 'cache' does so at start) or use teacher_mode "
+                "'online'."
+            )
+        d[self.output_key] = entry["logits"]
+        return d
+
+
+def teacher_logits_transform(
+    mode: str,
+    cache_dir: str | Path,
+    teacher: nn.Module | None,
+    items: list[dict],
+    image_size: int | None = None,
+    image_key: str = "image",
+):
+    """The transform a student's training pipeline places after loading: ``"cache"`` fills the cache for ``items``
+    (teacher forward on misses only) and returns :class:`LoadTeacherCached`; ``"online"`` returns a no-op (the
+    trainer runs the teacher every step)."""
+    from monai.transforms import Identityd
+
+    if mode == "online" or teacher is None:
+        return Identityd(keys=image_key)
+    if mode != "cache":
+        raise ValueError(f"teacher_mode must be 'online' or 'cache', got '{mode}'.")
+    return LoadTeacherCached(fill_teacher_cache(cache_dir, teacher, items, image_size, image_key), image_key)

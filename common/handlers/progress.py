@@ -12,7 +12,10 @@ __all__ = ["ProgressBar"]
 
 def _loss_of(output) -> dict:
     item = output[0] if isinstance(output, list) and output else output
-    return {"loss": float(item["loss"])} if isinstance(item, dict) and "loss" in item else {}
+    if not (isinstance(item, dict) and "loss" in item):
+        return {}
+    loss = item["loss"]
+    return {"loss": float(loss.detach() if hasattr(loss, "detach") else loss)}
 
 
 class ProgressBar(_IgniteProgressBar):

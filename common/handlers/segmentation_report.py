@@ -104,7 +104,6 @@ class SegmentationReport:
             json.dump(_finite(self.summary), f, indent=2)
         table = format_table(self.summary)
         self.logger.info("Evaluation of %d cases (written to %s):\n%s", len(self.cases), self.output_dir, table)
-        print(table, flush=True)
 
 
 def _fmt(v: float) -> str | float:

@@ -1,0 +1,262 @@
+"""The distillation engine: one ``SupervisedTrainer`` subclass whose iteration adds named distillation terms.
+
+Data flows one way: batch → frozen teacher (online, or its cached logits carried in the batch) and student →
+named loss terms → weighted sum → backward. Each term is a :class:`LossTerm` (a loss module, a weight and the
+names of the tensors it takes), so a method is configured, not coded (torchdistill style), and every term is
+logged per iteration (``engine.state.output["terms"]``; see :func:`loss_terms`).
+
+Training may run in stages (IAD: knowledge infusion, then knowledge assimilation from the stage-1 student):
+each :class:`Stage` has its epochs, terms and ground-truth weight; ``DistillationEvents.STAGE_STARTED`` fires
+when a stage begins so handlers can react.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from ignite.engine import Engine, EventEnum, Events
+from monai.engines import SupervisedTrainer
+from monai.engines.utils import IterationEvents
+from monai.utils.enums import CommonKeys as Keys
+from torch import nn
+
+__all__ = [
+    "LossTerm",
+    "Stage",
+    "DistillationEvents",
+    "DistillationTrainer",
+    "collect_distillers",
+    "stage_boundaries",
+    "total_iterations",
+    "loss_terms",
+    "TEACHER_LOGITS_KEY",
+]
+
+TEACHER_LOGITS_KEY = "teacher_logits"
+INPUT_NAMES = ("student_logits", "student_features", "teacher_logits", "teacher_embedding", "label")
+
+
+class DistillationEvents(EventEnum):
+    STAGE_STARTED = "stage_started"
+
+
+@dataclass
+class LossTerm:
+    """``weight · loss(*[tensors[name] for name in inputs])``; a loss returning a dict contributes each entry
+    (named ``<term>_<key>``) with the same weight."""
+
+    loss: nn.Module | Callable
+    weight: float = 1.0
+    inputs: Sequence[str] = ("student_logits", "teacher_logits")
+
+    def __post_init__(self) -> None:
+        unknown = [n for n in self.inputs if n not in INPUT_NAMES]
+        if unknown:
+            raise ValueError(f"Unknown loss inputs {unknown}; choose from {INPUT_NAMES}.")
+
+
+@dataclass
+class Stage:
+    """A training stage: ``epochs`` epochs of ``gt_weight · L_gt + Σ terms``."""
+
+    name: str
+    epochs: int
+    terms: Mapping[str, LossTerm] = field(default_factory=dict)
+    gt_weight: float = 1.0
+
+    @property
+    def needs_teacher(self) -> bool:
+        return any(n.startswith("teacher") for t in self.terms.values() for n in t.inputs)
+
+
+def _as_stage(stage: Stage | Mapping) -> Stage:
+    if isinstance(stage, Stage):
+        return stage
+    stage = dict(stage)
+    stage["terms"] = {k: v if isinstance(v, LossTerm) else LossTerm(**v) for k, v in (stage.get("terms") or {}).items()}
+    return Stage(**stage)
+
+
+def collect_distillers(stages: Sequence[Stage | Mapping]) -> nn.ModuleDict:
+    """All loss modules of all stages in one ModuleDict (``<stage>_<term>``): give its parameters to the optimiser
+    and put it in the checkpoint, so trainable projections (e.g. IAD's KAS convolutions) train and are saved."""
+    modules = nn.ModuleDict()
+    for stage in map(_as_stage, stages):
+        for name, term in stage.terms.items():
+            if isinstance(term.loss, nn.Module):
+                modules[f"{stage.name}_{name}"] = term.loss
+    return modules
+
+
+def _active(stages: Sequence[Stage | Mapping]) -> list[Stage]:
+    return [s for s in map(_as_stage, stages) if int(s.epochs) > 0]
+
+
+def stage_boundaries(stages: Sequence[Stage | Mapping], iters_per_epoch: int) -> list[int]:
+    """Iterations at which stages after the first begin (for an lr schedule that restarts with each stage)."""
+    bounds, total = [], 0
+    for stage in _active(stages)[:-1]:
+        total += int(stage.epochs) * iters_per_epoch
+        bounds.append(total)
+    return bounds
+
+
+def total_iterations(stages: Sequence[Stage | Mapping], iters_per_epoch: int) -> int:
+    """Iterations of the whole run (all stages)."""
+    return sum(int(s.epochs) for s in _active(stages)) * iters_per_epoch
+
+
+def loss_terms(output: Mapping) -> dict[str, float]:
+    """Output transform for Stats/TensorBoard/MLflow handlers: the total loss and every named term."""
+    return {"loss": float(output[Keys.LOSS].detach()), **output.get("terms", {})}
+
+
+class DistillationTrainer(SupervisedTrainer):
+    """``SupervisedTrainer`` for a student distilled from a frozen teacher.
+
+    Args:
+        stages: :class:`Stage` objects or dicts (``name``, ``epochs``, ``terms``, ``gt_weight``); ``max_epochs`` is
+            their total.
+        teacher: the teacher network (kept in eval mode, run under ``no_grad``); None when no term needs it or when
+            every batch carries cached ``teacher_logits`` and no term needs the embedding.
+        loss_function: the ground-truth loss L_gt(student logits, label).
+        kwargs: the rest of ``SupervisedTrainer``'s arguments (``amp``, ``accumulation_steps``, handlers, ...).
+
+    The student must provide ``forward_features(x) -> {"logits", "features"}`` when a term takes
+    ``student_features``; otherwise plain ``forward`` is used.
+    """
+
+    def __init__(
+        self,
+        device: str | torch.device,
+        train_data_loader,
+        network: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        loss_function: Callable,
+        stages: Sequence[Stage | Mapping],
+        teacher: nn.Module | None = None,
+        **kwargs,
+    ) -> None:
+        self.stages = _active(stages)
+        if not self.stages:
+            raise ValueError("DistillationTrainer needs at least one stage with epochs > 0.")
+        kwargs.setdefault("decollate", False)
+        super().__init__(
+            device=device,
+            max_epochs=sum(int(s.epochs) for s in self.stages),
+            train_data_loader=train_data_loader,
+            network=network,
+            optimizer=optimizer,
+            loss_function=loss_function,
+            **kwargs,
+        )
+        self.register_events(*DistillationEvents)
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.eval()
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+        self.stage_index = -1
+        self.add_event_handler(Events.EPOCH_STARTED, self._select_stage)
+
+    @property
+    def stage(self) -> Stage:
+        return self.stages[max(self.stage_index, 0)]
+
+    def stage_at_epoch(self, epoch: int) -> int:
+        """Index of the stage that epoch ``epoch`` (1-based) belongs to."""
+        end = 0
+        for i, stage in enumerate(self.stages):
+            end += int(stage.epochs)
+            if epoch <= end:
+                return i
+        return len(self.stages) - 1
+
+    def _select_stage(self, engine: Engine) -> None:
+        index = self.stage_at_epoch(engine.state.epoch)
+        if index != self.stage_index:
+            self.stage_index = index
+            self.logger.info(f"Distillation stage '{self.stage.name}' ({index + 1}/{len(self.stages)}) begins.")
+            self.fire_event(DistillationEvents.STAGE_STARTED)
+
+    def _teacher_outputs(self, inputs: torch.Tensor, batchdata: Mapping) -> dict[str, torch.Tensor]:
+        """Cached logits from the batch when present (and no term needs the embedding), else a teacher forward."""
+        names = {n for t in self.stage.terms.values() for n in t.inputs if n.startswith("teacher")}
+        if not names:
+            return {}
+        cached = batchdata.get(TEACHER_LOGITS_KEY) if isinstance(batchdata, Mapping) else None
+        if cached is not None and names == {"teacher_logits"}:
+            return {"teacher_logits": torch.as_tensor(cached).to(inputs.device, non_blocking=self.non_blocking)}
+        if self.teacher is None:
+            raise RuntimeError(
+                f"Stage '{self.stage.name}' needs {sorted(names)} but there is no teacher and no cached logits."
+            )
+        self.teacher.eval()
+        with torch.no_grad():
+            out = self.teacher.forward_features(inputs)
+        return {"teacher_logits": out["logits"].float(), "teacher_embedding": out["embedding"].float()}
+
+    def _student_outputs(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        needs_features = any("student_features" in t.inputs for t in self.stage.terms.values())
+        if needs_features:
+            out = self.network.forward_features(inputs)
+            return {"student_logits": out["logits"], "student_features": out["features"]}
+        return {"student_logits": self.inferer(inputs, self.network)}
+
+    def _iteration(self, engine: DistillationTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
+        if batchdata is None:
+            raise ValueError("Must provide batch data for current iteration.")
+        inputs, targets = engine.prepare_batch(batchdata, engine.state.device, engine.non_blocking, **engine.to_kwargs)[
+            :2
+        ]
+        engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
+        stage = engine.stage
+
+        def compute_loss() -> None:
+            tensors = {
+                "label": targets,
+                **engine._teacher_outputs(inputs, batchdata),
+                **engine._student_outputs(inputs),
+            }
+            engine.state.output[Keys.PRED] = tensors["student_logits"]
+            engine.fire_event(IterationEvents.FORWARD_COMPLETED)
+            terms = {"gt": engine.loss_function(tensors["student_logits"], targets).mean()}
+            weighted = stage.gt_weight * terms["gt"]
+            for name, term in stage.terms.items():
+                value = term.loss(*[tensors[n] for n in term.inputs])
+                parts = value if isinstance(value, Mapping) else {name: value}
+                for key, part in parts.items():
+                    terms[key if key == name else f"{name}_{key}"] = part
+                    weighted = weighted + term.weight * part
+            engine.state.output[Keys.LOSS] = weighted
+            engine.state.output["terms"] = {k: float(v.detach()) for k, v in terms.items()}
+            engine.fire_event(IterationEvents.LOSS_COMPLETED)
+
+        acc = engine.accumulation_steps
+        local_iter = (engine.state.iteration - 1) % (engine.state.epoch_length or engine.state.iteration)
+        zero_grad = acc <= 1 or local_iter % acc == 0
+        step = acc <= 1 or (local_iter + 1) % acc == 0 or (local_iter + 1) == engine.state.epoch_length
+
+        engine.network.train()
+        if zero_grad:
+            engine.optimizer.zero_grad(set_to_none=engine.optim_set_to_none)
+        if engine.amp and engine.scaler is not None:
+            with torch.autocast("cuda", **engine.amp_kwargs):
+                compute_loss()
+            loss = engine.state.output[Keys.LOSS]
+            engine.scaler.scale(loss / acc if acc > 1 else loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if step:
+                engine.scaler.step(engine.optimizer)
+                engine.scaler.update()
+        else:
+            compute_loss()
+            loss = engine.state.output[Keys.LOSS]
+            (loss / acc if acc > 1 else loss).backward()
+            engine.fire_event(IterationEvents.BACKWARD_COMPLETED)
+            if step:
+                engine.optimizer.step()
+        engine.fire_event(IterationEvents.MODEL_COMPLETED)
+        return engine.state.output

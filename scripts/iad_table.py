@@ -1,0 +1,195 @@
+#!/usr/bin/env python
+"""The iad_student comparison table: student-only, KD, IAD (KIS only), IAD (full), ... and the teacher.
+
+Each (row, seed) is one ``monai.bundle`` run of the bundle's own configs (train.json + the row's variant, then
+evaluate.json) in ``OUT/<row>/seed<k>``; finished runs are skipped, so an interrupted table resumes. All runs share
+one teacher cache. The table (Markdown, CSV, JSON) gives per-class Dice and HD95 on the test split as mean ± std
+over seeds, the training time of each row, and parameters and CPU latency of student and teacher.
+
+    python scripts/iad_table.py --teacher_root runs/teacher_lora --out runs/iad_table
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+CONFIGS = REPO / "bundles" / "iad_student" / "configs"
+TEACHER_CONFIGS = REPO / "bundles" / "teacher_lora" / "configs"
+# row name -> (label in the table, variant configs merged after train.json)
+ROWS = {
+    "student_only": ("Student only", ["student_only.json"]),
+    "kd": ("KD (Hinton)", ["kd.json"]),
+    "at": ("AT", ["at.json"]),
+    "cwd": ("CWD", ["cwd.json"]),
+    "dist": ("DIST", ["dist.json"]),
+    "kis_only": ("IAD (KIS only)", ["kis_only.json"]),
+    "kas_only": ("IAD (KAS only)", ["kas_only.json"]),
+    "iad": ("IAD (KIS → KAS)", []),
+    "kd_kas": ("KD → KAS", ["kd_kas.json"]),
+}
+
+
+def _config_list(paths: list[Path]) -> str:
+    return "[" + ",".join(f"'{p}'" for p in paths) + "]"
+
+
+def _run(cmd: list[str], log: Path, env: dict) -> float:
+    """Run a command with its output in ``log``; return its wall time; stop the table on failure."""
+    start = time.perf_counter()
+    with open(log, "w") as f:
+        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    if code:
+        sys.exit(f"error: {' '.join(cmd[:6])} ... failed (exit {code}); see {log}")
+    return time.perf_counter() - start
+
+
+def run_row(row: str, seed: int, args: argparse.Namespace, env: dict) -> dict:
+    root = Path(args.out) / row / f"seed{seed}"
+    summary = root / "eval" / "metrics_summary.json"
+    timing = root / "train_time.json"
+    if summary.is_file() and timing.is_file():
+        print(f"[skip] {row} seed {seed}: done", flush=True)
+        return {"summary": json.loads(summary.read_text()), **json.loads(timing.read_text())}
+    root.mkdir(parents=True, exist_ok=True)
+    common = ["--bundle_root", str(root), "--dataset_dir", args.dataset_dir, "--seed", str(seed)]
+    common += ["--epochs", str(args.epochs), "--kis_epochs", str(args.kis_epochs), "--num_workers", "0"]
+    common += ["--teacher_ckpt", args.teacher_ckpt, "--teacher_adapter", args.teacher_adapter]
+    common += ["--teacher_cache_dir", str(Path(args.out) / "teacher_cache")]
+    variant = [CONFIGS / v for v in ROWS[row][1]]
+    base = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
+    print(f"[train] {row} seed {seed} -> {root}", flush=True)
+    seconds = _run(base + [_config_list([CONFIGS / "train.json", *variant])] + common, root / "train.log", env)
+    timing.write_text(json.dumps({"train_seconds": seconds}))
+    _run(base + [_config_list([CONFIGS / "train.json", *variant, CONFIGS / "evaluate.json"])] + common,
+         root / "evaluate.log", env)  # fmt: skip
+    print(f"[done] {row} seed {seed}: {seconds / 60:.1f} min", flush=True)
+    return {"summary": json.loads(summary.read_text()), "train_seconds": seconds}
+
+
+def evaluate_teacher(args: argparse.Namespace, env: dict) -> dict:
+    out = Path(args.out) / "teacher"
+    summary = out / "metrics_summary.json"
+    if not summary.is_file():
+        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
+        cmd += [_config_list([TEACHER_CONFIGS / "train.json", TEACHER_CONFIGS / "evaluate.json"])]
+        cmd += ["--bundle_root", args.teacher_root, "--output_dir", str(out), "--dataset_dir", args.dataset_dir]
+        cmd += ["--teacher_arch", args.teacher_arch, "--num_workers", "0"]
+        out.mkdir(parents=True, exist_ok=True)
+        _run(cmd, out / "evaluate.log", env)
+    timing = Path(args.teacher_root) / "train_time.json"
+    seconds = json.loads(timing.read_text())["train_seconds"] if timing.is_file() else math.nan
+    return {"summary": json.loads(summary.read_text()), "train_seconds": seconds}
+
+
+def size_and_latency(args: argparse.Namespace) -> dict:
+    """Parameters and median CPU latency (batch 1, 20 runs after 3 warm-ups) of student and teacher."""
+    import torch
+
+    from common.networks.sam_teacher import build_teacher
+    from common.networks.students import build_student
+
+    torch.set_num_threads(args.threads)
+    nets = {
+        "student": (build_student(3).eval(), 128),
+        "teacher": (build_teacher(args.teacher_arch, num_classes=3, lora_rank=0).eval(), 128),
+    }
+    out = {}
+    for name, (net, size) in nets.items():
+        x = torch.rand(1, 1, size, size)
+        times = []
+        with torch.inference_mode():
+            for i in range(23):
+                start = time.perf_counter()
+                net(x)
+                if i >= 3:
+                    times.append(time.perf_counter() - start)
+        out[name] = {"params": sum(p.numel() for p in net.parameters()), "latency_ms": 1000 * sorted(times)[10]}
+    return out
+
+
+def _ms(values: list[float], digits: int = 2, scale: float = 1.0) -> str:
+    values = [v * scale for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def write_table(results: dict[str, list[dict]], sizes: dict, args: argparse.Namespace) -> str:
+    classes = ["liver", "tumour"]
+    head = ["method", "seeds"] + [f"Dice {c}" for c in classes] + ["mean Dice"]
+    head += [f"global Dice {c}" for c in classes] + [f"HD95 {c} (mm)" for c in classes] + ["train time (min)"]
+    rows = []
+    for row, runs in results.items():
+        label = "Teacher (LiteMedSAM + LoRA)" if row == "teacher" else ROWS[row][0]
+        s = [r["summary"] for r in runs]
+        cells = [label, str(len(runs))]
+        cells += [_ms([x["classes"][c]["dice_mean"] for x in s], 4, 100) for c in classes]
+        cells += [_ms([x["mean_dice"] for x in s], 4, 100)]
+        cells += [_ms([x["classes"][c]["global_dice"] for x in s], 2, 100) for c in classes]
+        cells += [_ms([x["classes"][c]["hd95_mean"] for x in s], 2) for c in classes]
+        cells += [_ms([r["train_seconds"] / 60 for r in runs], 1)]
+        rows.append(cells)
+    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
+    md += [
+        "",
+        f"Student: EfficientNet-B1 U-Net, {sizes['student']['params'] / 1e6:.2f} M parameters, "
+        f"{sizes['student']['latency_ms']:.1f} ms per 128×128 slice on CPU ({args.threads} threads, batch 1, median).",
+        f"Teacher: {args.teacher_arch}, {sizes['teacher']['params'] / 1e6:.2f} M parameters, "
+        f"{sizes['teacher']['latency_ms']:.1f} ms per 128×128 slice on CPU (resized to its 256 input inside).",
+        "Dice in %, mean ± std over seeds (population std); per-slice Dice/HD95 averaged over the test slices where "
+        "defined; global Dice pools all test slices. Empty masks: " + results[next(iter(results))][0]["summary"]
+        ["empty_mask_convention"] + ".",
+    ]  # fmt: skip
+    out = Path(args.out)
+    (out / "table.md").write_text("\n".join(md) + "\n")
+    with open(out / "table.csv", "w", newline="") as f:
+        csv.writer(f).writerows([head] + rows)
+    (out / "table.json").write_text(json.dumps({"results": results, "sizes": sizes, "args": vars(args)}, indent=1))
+    return "\n".join(md)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="runs/iad_table")
+    p.add_argument("--dataset_dir", default="data/lits_liver")
+    p.add_argument("--teacher_arch", default="litemedsam")
+    p.add_argument("--teacher_ckpt", default="data/weights/lite_medsam.pth")
+    p.add_argument("--teacher_root", default="runs/teacher_lora", help="bundle_root of the trained teacher_lora")
+    p.add_argument("--teacher_adapter", default=None, help="default: TEACHER_ROOT/models/adapter.pt")
+    p.add_argument("--rows", nargs="+", default=["student_only", "kd", "kis_only", "iad"], choices=list(ROWS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--single_seed_rows", nargs="*", default=["kis_only"], help="rows run with the first seed only")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--kis_epochs", type=int, default=14)
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
+    p.add_argument("--no_teacher_row", action="store_true")
+    args = p.parse_args()
+    args.teacher_adapter = args.teacher_adapter or str(Path(args.teacher_root) / "models" / "adapter.pt")
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
+    results: dict[str, list[dict]] = {}
+    for row in args.rows:
+        seeds = args.seeds[:1] if row in args.single_seed_rows else args.seeds
+        results[row] = [run_row(row, seed, args, env) for seed in seeds]
+    if not args.no_teacher_row:
+        results["teacher"] = [evaluate_teacher(args, env)]
+    print(write_table(results, size_and_latency(args), args))
+    print(f"\nwritten: {Path(args.out) / 'table.md'} (and .csv, .json)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,131 @@
+"""The distillation engine: stages, weighted named terms, frozen teacher, cache ≡ online, trainable distillers."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from ignite.engine import Events
+from torch.utils.data import DataLoader
+
+from common.data.synthetic import make_synthetic_dataset
+from common.engines.distillation import (
+    DistillationEvents,
+    DistillationTrainer,
+    LossTerm,
+    Stage,
+    collect_distillers,
+    loss_terms,
+)
+from common.engines.teacher_cache import LoadTeacherCached, fill_teacher_cache
+from common.losses.baselines import KnowledgeDistillationLoss
+from common.losses.iad import KnowledgeAssimilationLoss, SoftLabelDistillationLoss
+from common.losses.segmentation import dice_ce_loss
+from common.networks.sam_teacher import build_teacher
+from common.networks.students import build_student
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory):
+    from monai.data import load_decathlon_datalist
+
+    root = make_synthetic_dataset(tmp_path_factory.mktemp("engine") / "ds", num_items=(4, 1, 1), size=64)
+    return load_decathlon_datalist(str(root / "datalist.json"), data_list_key="training")
+
+
+def _loader(items, cache=None, batch_size=2):
+    from monai.transforms import Compose, EnsureTyped, LoadImaged
+
+    transforms = [LoadImaged(keys=["image", "label"], ensure_channel_first=True), EnsureTyped(keys=["image", "label"])]
+    if cache is not None:
+        transforms.append(LoadTeacherCached(cache))
+    data = [Compose(transforms)(item) for item in items]
+    return DataLoader(data, batch_size=batch_size, shuffle=False)
+
+
+def _trainer(student, teacher, loader, stages, **kwargs):
+    distillers = collect_distillers(stages)
+    params = list(student.parameters()) + list(distillers.parameters())
+    return DistillationTrainer(
+        device="cpu",
+        train_data_loader=loader,
+        network=student,
+        teacher=teacher,
+        stages=stages,
+        loss_function=dice_ce_loss(3, 1.0, 1.0),
+        optimizer=torch.optim.SGD(params, lr=0.01),
+        **kwargs,
+    )
+
+
+def _kd_stage(epochs=1):
+    return Stage("kd", epochs, {"kd": LossTerm(KnowledgeDistillationLoss(4.0), 0.5)}, gt_weight=1.0)
+
+
+def test_loss_is_the_weighted_sum_of_named_terms_and_teacher_stays_frozen(task):
+    torch.manual_seed(0)
+    student, teacher = build_student(3).eval(), build_teacher("tiny", image_size=64)
+    teacher_state = copy.deepcopy(teacher.state_dict())
+    stage = Stage(
+        "kis",
+        1,
+        {"sld": LossTerm(SoftLabelDistillationLoss(), 0.2), "kd": LossTerm(KnowledgeDistillationLoss(4.0), 0.3)},
+        gt_weight=0.8,
+    )
+    trainer = _trainer(student, teacher, _loader(task), [stage])
+    seen = []
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: seen.append(loss_terms(e.state.output)))
+    trainer.run()
+    assert len(seen) == 2 and set(seen[0]) == {"loss", "gt", "sld", "kd"}
+    for t in seen:
+        assert t["loss"] == pytest.approx(0.8 * t["gt"] + 0.2 * t["sld"] + 0.3 * t["kd"], rel=1e-5)
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in teacher_state.items())
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_stages_switch_and_kas_projections_train(task):
+    torch.manual_seed(0)
+    student = build_student(3)
+    kas = KnowledgeAssimilationLoss(student.feature_channels, 3)
+    before = copy.deepcopy(kas.state_dict())
+    stages = [
+        _kd_stage(1),
+        {"name": "kas", "epochs": 2, "terms": {"kas": LossTerm(kas, 0.1, ("student_logits", "student_features"))}},
+    ]
+    trainer = _trainer(student, build_teacher("tiny", image_size=64), _loader(task), stages)
+    started, keys = [], []
+    trainer.add_event_handler(DistillationEvents.STAGE_STARTED, lambda e: started.append(e.stage.name))
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: keys.append(tuple(sorted(e.state.output["terms"]))))
+    trainer.run()
+    assert trainer.state.max_epochs == 3 and started == ["kd", "kas"]
+    assert keys[0] == ("gt", "kd") and keys[-1] == ("gt", "kas_css", "kas_rfc")
+    assert collect_distillers(stages)["kas_kas"] is kas
+    for k, v in before.items():
+        assert not torch.equal(v, kas.state_dict()[k]), f"KAS projection {k} did not train"
+
+
+def test_cached_teacher_gives_the_same_training_as_online(task, tmp_path):
+    teacher = build_teacher("tiny", image_size=64).eval()
+    cache = fill_teacher_cache(tmp_path / "cache", teacher, task, image_size=64)
+    results = []
+    # batch 4 at 64 px: BatchNorm over a 1x1 bottleneck with batch 2 would amplify float noise into chaos
+    for loader, t in ((_loader(task, batch_size=4), teacher), (_loader(task, cache, batch_size=4), None)):
+        torch.manual_seed(0)
+        student = build_student(3)
+        _trainer(student, t, loader, [_kd_stage(3)]).run()
+        results.append(student.state_dict())
+    for k, v in results[0].items():
+        assert torch.allclose(v.float(), results[1][k].float(), atol=1e-5), k
+
+
+def test_gradient_accumulation_steps_every_n_iterations(task):
+    torch.manual_seed(0)
+    student = build_student(3)
+    trainer = _trainer(student, None, _loader(task, batch_size=1), [Stage("student", 1)], accumulation_steps=2)
+    weight = student.segmentation_head[0].weight
+    snapshots = [weight.detach().clone()]
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, lambda e: snapshots.append(weight.detach().clone()))
+    trainer.run()
+    changed = [not torch.equal(a, b) for a, b in zip(snapshots, snapshots[1:])]
+    assert changed == [False, True, False, True]  # the optimiser steps after iterations 2 and 4 only

@@ -3,7 +3,8 @@
 Data flows one way: batch → frozen teacher (online, or its cached logits carried in the batch) and student →
 named loss terms → weighted sum → backward. Each term is a :class:`LossTerm` (a loss module, a weight and the
 names of the tensors it takes), so a method is configured, not coded (torchdistill style), and every term is
-logged per iteration (``engine.state.output["terms"]``; see :func:`loss_terms`).
+logged per iteration (``engine.state.output["term_<name>"]``, read by :func:`loss_terms`) and as running
+epoch means in ``engine.state.metrics["train_<name>"]``.
 
 Training may run in stages (IAD: knowledge infusion, then knowledge assimilation from the stage-1 student):
 each :class:`Stage` has its epochs, terms and ground-truth weight; ``DistillationEvents.STAGE_STARTED`` fires
@@ -35,6 +36,7 @@ __all__ = [
 ]
 
 TEACHER_LOGITS_KEY = "teacher_logits"
+TERM_PREFIX = "term_"  # flat output keys (MONAI's decollation would mangle a nested dict)
 INPUT_NAMES = ("student_logits", "student_features", "teacher_logits", "teacher_embedding", "label")
 
 
@@ -108,9 +110,13 @@ def total_iterations(stages: Sequence[Stage | Mapping], iters_per_epoch: int) ->
     return sum(int(s.epochs) for s in _active(stages)) * iters_per_epoch
 
 
-def loss_terms(output: Mapping) -> dict[str, float]:
-    """Output transform for Stats/TensorBoard/MLflow handlers: the total loss and every named term."""
-    return {"loss": float(output[Keys.LOSS].detach()), **output.get("terms", {})}
+def loss_terms(output: Mapping | Sequence[Mapping]) -> dict[str, float]:
+    """Output transform for Stats/TensorBoard/MLflow handlers: the total loss and every named term (of the first
+    item when the engine decollated its output, as MONAI engines do by default)."""
+    item = output[0] if isinstance(output, Sequence) else output
+    loss = item[Keys.LOSS]
+    terms = {k[len(TERM_PREFIX) :]: float(v) for k, v in item.items() if k.startswith(TERM_PREFIX)}
+    return {"loss": float(loss.detach() if torch.is_tensor(loss) else loss), **terms}
 
 
 class DistillationTrainer(SupervisedTrainer):
@@ -142,7 +148,6 @@ class DistillationTrainer(SupervisedTrainer):
         self.stages = _active(stages)
         if not self.stages:
             raise ValueError("DistillationTrainer needs at least one stage with epochs > 0.")
-        kwargs.setdefault("decollate", False)
         super().__init__(
             device=device,
             max_epochs=sum(int(s.epochs) for s in self.stages),
@@ -159,7 +164,22 @@ class DistillationTrainer(SupervisedTrainer):
             for p in teacher.parameters():
                 p.requires_grad_(False)
         self.stage_index = -1
+        self._term_sums: dict[str, float] = {}
+        self._term_count = 0
         self.add_event_handler(Events.EPOCH_STARTED, self._select_stage)
+        self.add_event_handler(Events.ITERATION_COMPLETED, self._update_term_means)
+
+    def _update_term_means(self, engine: Engine) -> None:
+        """Running epoch means of every term in ``state.metrics`` (``train_<term>``), which the Stats, TensorBoard
+        and MLflow handlers log at epoch level with no extra configuration (MONAI's ``--tracking mlflow`` too)."""
+        if engine.state.iteration == 1 or (engine.state.iteration - 1) % engine.state.epoch_length == 0:
+            for k in self._term_sums:  # a term of the previous stage must not linger
+                engine.state.metrics.pop(f"train_{k}", None)
+            self._term_sums, self._term_count = {}, 0
+        self._term_count += 1
+        for k, v in loss_terms(engine.state.output).items():
+            self._term_sums[k] = self._term_sums.get(k, 0.0) + v
+            engine.state.metrics[f"train_{k}"] = self._term_sums[k] / self._term_count
 
     @property
     def stage(self) -> Stage:
@@ -231,7 +251,7 @@ class DistillationTrainer(SupervisedTrainer):
                     terms[key if key == name else f"{name}_{key}"] = part
                     weighted = weighted + term.weight * part
             engine.state.output[Keys.LOSS] = weighted
-            engine.state.output["terms"] = {k: float(v.detach()) for k, v in terms.items()}
+            engine.state.output.update({f"{TERM_PREFIX}{k}": float(v.detach()) for k, v in terms.items()})
             engine.fire_event(IterationEvents.LOSS_COMPLETED)
 
         acc = engine.accumulation_steps

@@ -172,3 +172,10 @@ def test_torchscript_export_matches_eager(student: EfficientUNetStudent) -> None
             assert torch.allclose(scripted(x), student(x))
     finally:
         student.encoder.set_swish(memory_efficient=True)
+
+
+def test_encoder_batchnorm_momentum_is_configurable():
+    """MONAI's EfficientNet keeps TF's 0.01; short trainings need faster running statistics (0.1 by default)."""
+    momenta = lambda net: {m.momentum for m in net.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta(build_student(3)) == {0.1}
+    assert momenta(build_student(3, encoder_bn_momentum=0.01)) == {0.01}

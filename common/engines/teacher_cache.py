@@ -15,6 +15,7 @@ import torch
 from ignite.engine import Engine, Events
 from torch import nn
 
+from common.checkpoints import atomic_save
 from common.networks.lora import merged_state_dict
 
 __all__ = ["teacher_fingerprint", "TeacherCache", "TeacherCacheWriter"]
@@ -46,13 +47,9 @@ class TeacherCache:
         return self.root / f"{self.image_key(image)}.pt"
 
     def save(self, image: torch.Tensor | np.ndarray, outputs: dict[str, torch.Tensor]) -> Path:
-        path = self.path(image)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
         # plain tensors only (a MetaTensor pickles numpy metadata, which weights_only=True rightly refuses)
-        torch.save({k: v.detach().cpu().contiguous().as_subclass(torch.Tensor) for k, v in outputs.items()}, tmp)
-        tmp.replace(path)
-        return path
+        plain = {k: v.detach().cpu().contiguous().as_subclass(torch.Tensor) for k, v in outputs.items()}
+        return atomic_save(plain, self.path(image))
 
     def load(self, image: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor] | None:
         path = self.path(image)

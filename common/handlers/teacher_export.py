@@ -5,9 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
 from ignite.engine import Engine, Events
 
+from common.checkpoints import read_state_dict
 from common.networks.lora import save_adapter, save_merged
 
 __all__ = ["TeacherExport"]
@@ -29,8 +29,7 @@ class TeacherExport:
     def __call__(self, engine: Engine) -> None:
         network = engine.network
         if self.best_ckpt is not None and self.best_ckpt.is_file():
-            state = torch.load(self.best_ckpt, map_location="cpu", weights_only=True)
-            network.load_state_dict(state.get("network", state) if isinstance(state, dict) else state)
+            network.load_state_dict(read_state_dict(self.best_ckpt, "best teacher checkpoint"))
             self.logger.info("Loaded the best checkpoint %s for export.", self.best_ckpt)
         adapter = save_adapter(network, self.output_dir / "adapter.pt")
         merged = save_merged(network, self.output_dir / "model_merged.pt")

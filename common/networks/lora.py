@@ -16,6 +16,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from peft.tuners.lora import LoraLayer
 from torch import nn
 
+from common.checkpoints import atomic_save, mismatch_report, read_state_dict
 from common.errors import CheckpointError
 
 __all__ = [
@@ -73,32 +74,19 @@ def adapter_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_adapter(network: nn.Module, path: str | Path) -> Path:
     """Write :func:`adapter_state_dict` as a plain tensor dict (loads with ``weights_only=True``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(adapter_state_dict(network), tmp)
-    tmp.replace(path)
-    return path
+    return atomic_save(adapter_state_dict(network), path)
 
 
 def load_adapter(network: nn.Module, path: str | Path) -> nn.Module:
-    """Load an adapter written by :func:`save_adapter` into a network built with the same LoRA settings."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"Teacher adapter not found: '{path}'.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "network" in state and isinstance(state["network"], dict):
-        state = state["network"]  # a full training checkpoint saved by CheckpointSaver
-    own = network.state_dict()
-    unexpected = sorted(k for k in state if k not in own)
-    mismatched = sorted(k for k in state if k in own and own[k].shape != state[k].shape)
-    expected = {n for n, p in network.named_parameters() if p.requires_grad}
-    missing = sorted(expected - set(state))
-    if unexpected or mismatched or missing:
+    """Load an adapter written by :func:`save_adapter` (or a training checkpoint of the same teacher) into a network
+    built with the same LoRA settings."""
+    state = read_state_dict(path, "teacher adapter")
+    trainable = {n for n, p in network.named_parameters() if p.requires_grad}
+    problem = mismatch_report(network.state_dict(), state, required=trainable)
+    if problem:
         raise CheckpointError(
             f"Adapter {path} does not fit this teacher (check teacher_arch, num_classes, lora_rank, lora_targets): "
-            f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(mismatched)} shape mismatches {mismatched[:3]}, "
-            f"{len(missing)} missing trainable keys {missing[:3]}."
+            f"{problem}."
         )
     network.load_state_dict(state, strict=False)
     return network
@@ -113,9 +101,4 @@ def merged_state_dict(network: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_merged(network: nn.Module, path: str | Path) -> Path:
     """Write :func:`merged_state_dict` as a plain tensor dict (loads with ``weights_only=True``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(merged_state_dict(network), tmp)
-    tmp.replace(path)
-    return path
+    return atomic_save(merged_state_dict(network), path)

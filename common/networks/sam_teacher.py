@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.checkpoints import mismatch_report, read_state_dict
 from common.errors import CheckpointError, InputError
 from common.networks.lora import inject_lora, load_adapter
 
@@ -242,26 +243,13 @@ def _adapt_state_dict(
 def load_teacher_checkpoint(model: SamTeacher, path: str | Path, arch_name: str) -> list[str]:
     """Load an official ``sam_vit_*.pth`` / ``lite_medsam.pth`` into ``model`` (before LoRA), strictly after
     :func:`_adapt_state_dict`; a checkpoint of another architecture gets a short, clear error."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"teacher_ckpt not found: '{path}'.")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("model"), dict):
-        state = state["model"]
+    state = read_state_dict(path, "teacher_ckpt")
     state, notes = _adapt_state_dict(state, model, TEACHER_ARCHS[arch_name])
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}"
-        for k in own
-        if k in state and state[k].shape != own[k].shape
-    ]
-    if missing or unexpected or mismatched:
+    problem = mismatch_report(model.state_dict(), state)
+    if problem:
         raise CheckpointError(
-            f"Checkpoint {path} does not fit teacher_arch='{arch_name}': {len(missing)} missing keys {missing[:3]}, "
-            f"{len(unexpected)} unexpected keys {unexpected[:3]}, {len(mismatched)} shape mismatches "
-            f"{mismatched[:3]}. Is it the checkpoint of another architecture?"
+            f"Checkpoint {path} does not fit teacher_arch='{arch_name}': {problem}. "
+            "Is it the checkpoint of another architecture?"
         )
     model.load_state_dict(state, strict=True)
     return notes

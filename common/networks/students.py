@@ -25,12 +25,13 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
 import torch
 from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 
+from common.checkpoints import read_state_dict
 from common.errors import CheckpointError, InputError
 
 __all__ = ["EfficientUNetStudent", "build_student", "load_imagenet_encoder_weights", "adapt_stem_weight"]
@@ -57,25 +58,6 @@ def adapt_stem_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return weight.repeat(1, repeats, *([1] * (weight.ndim - 2)))[:, :in_channels] * (3.0 / in_channels)
 
 
-def _read_state_dict(path: str | os.PathLike[str]) -> Mapping[str, torch.Tensor]:
-    """Load a tensor state dict (plain or under ``state_dict``/``model``) with ``weights_only=True``."""
-    if not os.path.isfile(path):
-        raise CheckpointError(
-            f"ImageNet encoder weights not found: {path} (give a local efficientnet-pytorch file such as "
-            "efficientnet-b1-f1951068.pth, or pretrained_path=null for random initialisation)"
-        )
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise CheckpointError(f"cannot read ImageNet encoder weights {path}: {err}") from err
-    for key in ("state_dict", "model"):
-        if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
-            state = state[key]
-    if not isinstance(state, Mapping) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"{path} is not a state dict of tensors (got {type(state).__name__})")
-    return state
-
-
 def load_imagenet_encoder_weights(encoder: torch.nn.Module, path: str | os.PathLike[str]) -> int:
     """Load EfficientNet ImageNet weights from a local file into ``encoder``; return how many tensors were loaded.
 
@@ -85,7 +67,12 @@ def load_imagenet_encoder_weights(encoder: torch.nn.Module, path: str | os.PathL
     ``num_batches_tracked`` is tolerated. Any other missing key or shape mismatch raises :class:`CheckpointError`,
     and nothing is loaded.
     """
-    source = _read_state_dict(path)
+    if not os.path.isfile(path):
+        raise CheckpointError(
+            f"ImageNet encoder weights not found: {path} (give a local efficientnet-pytorch file such as "
+            "efficientnet-b1-f1951068.pth, or pretrained_path=null for random initialisation)"
+        )
+    source = read_state_dict(path, "ImageNet encoder weights")
     target = encoder.state_dict()
     loaded: dict[str, torch.Tensor] = {}
     missing: list[str] = []

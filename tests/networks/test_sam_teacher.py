@@ -12,7 +12,6 @@ from common.errors import CheckpointError, InputError
 from common.networks.lora import (
     adapter_state_dict,
     load_adapter,
-    merged_state_dict,
     save_adapter,
     save_merged,
     trainable_parameters,

@@ -68,6 +68,7 @@ class TeacherArch:
     iou_head_hidden_dim: int = 256
     mask_in_chans: int = 16
     normalize: bool = True  # SAM checkpoints expect ImageNet-normalised pixels; LiteMedSAM takes [0, 1]
+    trained_mask_tokens: int = 4  # SAM trains all 4 mask tokens; MedSAM/LiteMedSAM only token 0 (one mask per box)
     lora_rank: int = 4  # METHODS.md §1 default for this backbone
 
     @property
@@ -80,7 +81,7 @@ TEACHER_ARCHS: dict[str, TeacherArch] = {
     "vit_b": TeacherArch("vit", 1024, 768, 12, 12, (2, 5, 8, 11)),
     "vit_l": TeacherArch("vit", 1024, 1024, 24, 16, (5, 11, 17, 23), lora_rank=8),
     "vit_h": TeacherArch("vit", 1024, 1280, 32, 16, (7, 15, 23, 31)),
-    "litemedsam": TeacherArch("tiny_vit", 256, normalize=False),
+    "litemedsam": TeacherArch("tiny_vit", 256, normalize=False, trained_mask_tokens=1),
     # a few layers and a small width so that tests run in seconds
     "tiny": TeacherArch(
         "vit", 64, 32, 2, 2, (1,), window_size=2, prompt_dim=32, decoder_depth=1, decoder_mlp_dim=64,
@@ -197,7 +198,8 @@ def _adapt_state_dict(
     - absolute position embedding (1, g, g, C): bilinear resize to the model's grid (image_size / 16);
     - relative position tables of the global-attention blocks (selected by index): linear resize to 2·g − 1;
     - mask tokens, their hyper-network MLPs and the IoU head's last layer: token i starts from pretrained token
-      i mod n (SAM ships n = 4), so every class starts from a trained mask token.
+      i mod n, n the number of tokens the checkpoint actually trained (SAM: 4; MedSAM/LiteMedSAM: 1, its tokens
+      1-3 are untrained and give near-constant masks), so every class starts from a trained mask token.
     """
     own = model.state_dict()
     out = dict(state)
@@ -219,8 +221,9 @@ def _adapt_state_dict(
                     notes.append(f"{key} {tuple(state[key].shape)} -> {tuple(own[key].shape)}")
     n_ckpt = state["mask_decoder.mask_tokens.weight"].shape[0] if "mask_decoder.mask_tokens.weight" in state else 0
     k = model.num_classes
-    if n_ckpt and n_ckpt != k:
-        rows = torch.arange(k) % n_ckpt
+    n_trained = min(n_ckpt, arch.trained_mask_tokens)
+    if n_ckpt and (n_ckpt != k or n_trained < n_ckpt):
+        rows = torch.arange(k) % n_trained
         out["mask_decoder.mask_tokens.weight"] = state["mask_decoder.mask_tokens.weight"][rows]
         last = max(
             int(m.group(1)) for s in state if (m := re.match(r"mask_decoder\.iou_prediction_head\.layers\.(\d+)\.", s))
@@ -232,11 +235,11 @@ def _adapt_state_dict(
         for s in list(out):
             if (m := hyper.match(s)) and int(m.group(1)) >= k:
                 del out[s]
-        for i in range(n_ckpt, k):
+        for i in range(k):
             for s in state:
-                if (m := hyper.match(s)) and int(m.group(1)) == i % n_ckpt:
+                if (m := hyper.match(s)) and int(m.group(1)) == i % n_trained:
                     out[f"mask_decoder.output_hypernetworks_mlps.{i}.{m.group(2)}"] = state[s]
-        notes.append(f"mask tokens {n_ckpt} -> {k}")
+        notes.append(f"mask tokens {n_ckpt} -> {k} (from the first {n_trained})")
     return out, notes
 
 

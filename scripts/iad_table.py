@@ -66,6 +66,7 @@ def run_row(row: str, seed: int, args: argparse.Namespace, env: dict) -> dict:
     common += ["--epochs", str(args.epochs), "--kis_epochs", str(args.kis_epochs), "--num_workers", "0"]
     common += ["--teacher_ckpt", args.teacher_ckpt, "--teacher_adapter", args.teacher_adapter]
     common += ["--teacher_cache_dir", str(Path(args.out) / "teacher_cache")]
+    common += ["--teacher_image_size", str(args.teacher_image_size)]
     variant = [CONFIGS / v for v in ROWS[row][1]]
     base = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
     print(f"[train] {row} seed {seed} -> {root}", flush=True)
@@ -84,7 +85,7 @@ def evaluate_teacher(args: argparse.Namespace, env: dict) -> dict:
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
         cmd += [_config_list([TEACHER_CONFIGS / "train.json", TEACHER_CONFIGS / "evaluate.json"])]
         cmd += ["--bundle_root", args.teacher_root, "--output_dir", str(out), "--dataset_dir", args.dataset_dir]
-        cmd += ["--teacher_arch", args.teacher_arch, "--num_workers", "0"]
+        cmd += ["--teacher_arch", args.teacher_arch, "--image_size", str(args.teacher_image_size), "--num_workers", "0"]
         out.mkdir(parents=True, exist_ok=True)
         _run(cmd, out / "evaluate.log", env)
     timing = Path(args.teacher_root) / "train_time.json"
@@ -102,7 +103,7 @@ def size_and_latency(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     nets = {
         "student": (build_student(3).eval(), 128),
-        "teacher": (build_teacher(args.teacher_arch, num_classes=3, lora_rank=0).eval(), 128),
+        "teacher": (build_teacher(args.teacher_arch, image_size=args.teacher_image_size, lora_rank=0).eval(), 128),
     }
     out = {}
     for name, (net, size) in nets.items():
@@ -150,7 +151,7 @@ def write_table(results: dict[str, list[dict]], sizes: dict, args: argparse.Name
         f"Student: EfficientNet-B1 U-Net, {sizes['student']['params'] / 1e6:.2f} M parameters, "
         f"{sizes['student']['latency_ms']:.1f} ms per 128×128 slice on CPU ({args.threads} threads, batch 1, median).",
         f"Teacher: {args.teacher_arch}, {sizes['teacher']['params'] / 1e6:.2f} M parameters, "
-        f"{sizes['teacher']['latency_ms']:.1f} ms per 128×128 slice on CPU (resized to its 256 input inside).",
+        f"{sizes['teacher']['latency_ms']:.1f} ms per 128×128 slice on CPU (input size {args.teacher_image_size}).",
         "Dice in %, mean ± std over seeds (population std); per-slice Dice/HD95 averaged over the test slices where "
         "defined; global Dice pools all test slices. Empty masks: " + results[next(iter(results))][0]["summary"]
         ["empty_mask_convention"] + ".",
@@ -169,6 +170,7 @@ def main() -> None:
     p.add_argument("--dataset_dir", default="data/lits_liver")
     p.add_argument("--teacher_arch", default="litemedsam")
     p.add_argument("--teacher_ckpt", default="data/weights/lite_medsam.pth")
+    p.add_argument("--teacher_image_size", type=int, default=128, help="the input size the teacher was tuned at")
     p.add_argument("--teacher_root", default="runs/teacher_lora", help="bundle_root of the trained teacher_lora")
     p.add_argument("--teacher_adapter", default=None, help="default: TEACHER_ROOT/models/adapter.pt")
     p.add_argument("--rows", nargs="+", default=["student_only", "kd", "kis_only", "iad"], choices=list(ROWS))

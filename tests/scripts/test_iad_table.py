@@ -34,7 +34,7 @@ def test_write_table_rows_and_files(tmp_path):
         "teacher": [{"summary": _summary(0.95, 0.5), "train_seconds": float("nan")}],
     }  # fmt: skip
     sizes = {"student": {"params": 7.87e6, "latency_ms": 12.0}, "teacher": {"params": 9.7e6, "latency_ms": 300.0}}
-    args = argparse.Namespace(out=str(tmp_path), threads=2, teacher_arch="litemedsam")
+    args = argparse.Namespace(out=str(tmp_path), threads=2, teacher_arch="litemedsam", teacher_image_size=128)
     md = iad_table.write_table(results, sizes, args)
     lines = md.splitlines()
     assert lines[2].startswith("| Student only | 2 | 85.0000 ± 5.0000 | 30.0000 ± 10.0000 | 57.5000 ± 7.5000 |")

@@ -37,9 +37,9 @@ def test_write_table_rows_and_files(tmp_path):
     args = argparse.Namespace(out=str(tmp_path), threads=2, teacher_arch="litemedsam", teacher_image_size=128)
     md = iad_table.write_table(results, sizes, args)
     lines = md.splitlines()
-    assert lines[2].startswith("| Student only | 2 | 85.0000 ± 5.0000 | 30.0000 ± 10.0000 | 57.5000 ± 7.5000 |")
+    assert lines[2].startswith("| Student only | 2 | 85.00 ± 5.00 | 30.00 ± 10.00 | 57.50 ± 7.50 |")
     assert lines[2].endswith("| 1.5 ± 0.5 |")  # training minutes
-    assert lines[3].startswith("| Teacher (LiteMedSAM + LoRA) | 1 | 95.0000 |")
+    assert lines[3].startswith("| Teacher (LiteMedSAM + LoRA) | 1 | 95.00 |")
     assert "7.87 M parameters, 12.0 ms" in md
     assert (tmp_path / "table.md").read_text().strip() == md.strip()
     assert json.loads((tmp_path / "table.json").read_text())["sizes"]["student"]["params"] == 7.87e6

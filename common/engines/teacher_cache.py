@@ -8,6 +8,7 @@ Entries are plain tensor dicts written atomically and read with ``torch.load(wei
 from __future__ import annotations
 
 import hashlib
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +19,16 @@ from torch import nn
 from common.checkpoints import atomic_save
 from common.networks.lora import merged_state_dict
 
-__all__ = ["teacher_fingerprint", "TeacherCache", "TeacherCacheWriter"]
+__all__ = [
+    "teacher_fingerprint",
+    "TeacherCache",
+    "TeacherCacheWriter",
+    "fill_teacher_cache",
+    "LoadTeacherCached",
+    "teacher_logits_transform",
+]
+
+logger = logging.getLogger(__name__)
 
 
 def teacher_fingerprint(network: nn.Module, image_size: int | None = None) -> str:
@@ -111,7 +121,6 @@ def fill_teacher_cache(
             logits = teacher(image[None].to(device))[0]
         cache.save(image, {"logits": logits.float()})
         missing += 1
-    logger = __import__("logging").getLogger(__name__)
     logger.info("Teacher cache %s: %d entries written, %d reused.", cache.root, missing, len(items) - missing)
     return cache
 

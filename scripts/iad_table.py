@@ -61,6 +61,9 @@ def run_row(row: str, seed: int, args: argparse.Namespace, env: dict) -> dict:
     if summary.is_file() and timing.is_file():
         print(f"[skip] {row} seed {seed}: done", flush=True)
         return {"summary": json.loads(summary.read_text()), **json.loads(timing.read_text())}
+    if args.report_only:
+        print(f"[miss] {row} seed {seed}: not finished, left out (--report_only)", flush=True)
+        return None
     root.mkdir(parents=True, exist_ok=True)
     common = ["--bundle_root", str(root), "--dataset_dir", args.dataset_dir, "--seed", str(seed)]
     common += ["--epochs", str(args.epochs), "--kis_epochs", str(args.kis_epochs), "--num_workers", "0"]
@@ -180,13 +183,16 @@ def main() -> None:
     p.add_argument("--kis_epochs", type=int, default=20)
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
     p.add_argument("--no_teacher_row", action="store_true")
+    p.add_argument("--report_only", action="store_true", help="write the table from finished runs; train nothing")
     args = p.parse_args()
     args.teacher_adapter = args.teacher_adapter or str(Path(args.teacher_root) / "models" / "adapter.pt")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     results: dict[str, list[dict]] = {}
     for row in args.rows:
         seeds = args.seeds[:1] if row in args.single_seed_rows else args.seeds
-        results[row] = [run_row(row, seed, args, env) for seed in seeds]
+        runs = [r for r in (run_row(row, seed, args, env) for seed in seeds) if r is not None]
+        if runs:
+            results[row] = runs
     if not args.no_teacher_row:
         results["teacher"] = [evaluate_teacher(args, env)]
     print(write_table(results, size_and_latency(args), args))

@@ -328,6 +328,23 @@ class _Stage(nn.Module):
     downsample: PatchMerging | None
     use_checkpoint: bool
 
+    def __init__(
+        self,
+        dim: int,
+        input_resolution: tuple[int, int],
+        depth: int,
+        drop_path: float | Sequence[float],
+        downsample: PatchMerging | None,
+        use_checkpoint: bool,
+    ) -> None:
+        super().__init__()
+        self.dim = dim
+        self.input_resolution = input_resolution
+        self.depth = depth
+        self.use_checkpoint = use_checkpoint
+        self.downsample = downsample
+        self.drop_path_rates = list(drop_path) if isinstance(drop_path, Sequence) else [drop_path] * depth
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for blk in self.blocks:
             if self.use_checkpoint and self.training and torch.is_grad_enabled():
@@ -353,14 +370,8 @@ class ConvLayer(_Stage):
         use_checkpoint: bool = False,
         conv_expand_ratio: float = 4.0,
     ) -> None:
-        super().__init__()
-        self.dim = dim
-        self.input_resolution = input_resolution
-        self.depth = depth
-        self.use_checkpoint = use_checkpoint
-        dpr = list(drop_path) if isinstance(drop_path, Sequence) else [drop_path] * depth
-        self.blocks = nn.ModuleList([MBConv(dim, dim, conv_expand_ratio, activation, dpr[i]) for i in range(depth)])
-        self.downsample = downsample
+        super().__init__(dim, input_resolution, depth, drop_path, downsample, use_checkpoint)
+        self.blocks = nn.ModuleList([MBConv(dim, dim, conv_expand_ratio, activation, r) for r in self.drop_path_rates])
 
 
 class BasicLayer(_Stage):
@@ -381,12 +392,7 @@ class BasicLayer(_Stage):
         local_conv_size: int = 3,
         activation: type[nn.Module] = nn.GELU,
     ) -> None:
-        super().__init__()
-        self.dim = dim
-        self.input_resolution = input_resolution
-        self.depth = depth
-        self.use_checkpoint = use_checkpoint
-        dpr = list(drop_path) if isinstance(drop_path, Sequence) else [drop_path] * depth
+        super().__init__(dim, input_resolution, depth, drop_path, downsample, use_checkpoint)
         self.blocks = nn.ModuleList(
             [
                 TinyViTBlock(
@@ -396,14 +402,13 @@ class BasicLayer(_Stage):
                     window_size=window_size,
                     mlp_ratio=mlp_ratio,
                     drop=drop,
-                    drop_path=dpr[i],
+                    drop_path=rate,
                     local_conv_size=local_conv_size,
                     activation=activation,
                 )
-                for i in range(depth)
+                for rate in self.drop_path_rates
             ]
         )
-        self.downsample = downsample
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, input_resolution={self.input_resolution}, depth={self.depth}"

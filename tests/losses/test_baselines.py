@@ -15,20 +15,7 @@ from common.losses.baselines import (
     DISTLoss,
     KnowledgeDistillationLoss,
 )
-
-
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
-
-
-def np64(x: torch.Tensor) -> np.ndarray:
-    return x.detach().double().numpy()
-
-
-def block_mean(x: np.ndarray) -> np.ndarray:
-    """2× downsampling by 2×2 block means (= bilinear, align_corners=False, for an exact factor 2)."""
-    return 0.25 * (x[..., ::2, ::2] + x[..., 1::2, ::2] + x[..., ::2, 1::2] + x[..., 1::2, 1::2])
+from tests.losses.reference import block_mean, np64
 
 
 def softmax(v: list[float]) -> list[float]:

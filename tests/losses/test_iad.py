@@ -23,11 +23,7 @@ from common.losses.iad import (
     resolve_class_weights,
     reverse_feature_constraint,
 )
-
-
-@pytest.fixture(autouse=True)
-def _seed() -> None:
-    torch.manual_seed(0)
+from tests.losses.reference import block_mean, np64
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -127,15 +123,6 @@ def ref_conv3x3(f: np.ndarray, weight: np.ndarray, bias: np.ndarray) -> np.ndarr
                                     acc += weight[k, c, di, dj] * f[b, c, ii, jj]
                     out[b, k, i, j] = acc
     return out
-
-
-def block_mean(x: np.ndarray) -> np.ndarray:
-    """2× downsampling by 2×2 block means (= bilinear, align_corners=False, for an exact factor 2)."""
-    return 0.25 * (x[..., ::2, ::2] + x[..., 1::2, ::2] + x[..., ::2, 1::2] + x[..., 1::2, 1::2])
-
-
-def np64(x: torch.Tensor) -> np.ndarray:
-    return x.detach().double().numpy()
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ the fix, instead of surfacing as a traceback from a DataLoader worker hours late
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ __all__ = ["DataError", "load_datalist", "check_items"]
 
 def load_datalist(
     dataset_dir: str | Path,
-    key: str = "training",
+    key: str | Sequence[str] = "training",
     num_classes: int | None = None,
     check: bool = True,
     limit: int | None = None,
@@ -29,7 +30,8 @@ def load_datalist(
 
     Args:
         dataset_dir: folder with ``datalist.json``.
-        key: split name (``training``, ``validation``, ``test``, ...).
+        key: split name (``training``, ``validation``, ``test``, ...), or a list of names whose items are joined
+            (e.g. labelled plus unlabelled images for a model that needs no labels).
         num_classes: K; with ``check``, every label value must lie in [0, K) (K = 1: binary labels {0, 1}).
         check: read every file once to check it (shapes, label values); False only checks that files exist.
         limit: keep the first ``limit`` items (label-budget experiments, quick runs).
@@ -44,10 +46,12 @@ def load_datalist(
     datalist_path = dataset_dir / "datalist.json"
     if not datalist_path.is_file():
         raise DataError(f"'{datalist_path}' not found: dataset_dir must hold a datalist.json (MONAI Decathlon layout).")
-    try:
-        items = load_decathlon_datalist(str(datalist_path), is_segmentation=True, data_list_key=key)
-    except ValueError as e:
-        raise DataError(f"'{datalist_path}' has no '{key}' list: {e}") from None
+    items = []
+    for k in [key] if isinstance(key, str) else list(key):
+        try:
+            items += load_decathlon_datalist(str(datalist_path), is_segmentation=True, data_list_key=k)
+        except ValueError as e:
+            raise DataError(f"'{datalist_path}' has no '{k}' list: {e}") from None
     if limit is not None:
         items = items[: int(limit)]
     if not items:

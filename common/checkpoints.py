@@ -11,28 +11,45 @@ import torch
 
 from common.errors import CheckpointError
 
-__all__ = ["atomic_save", "read_state_dict", "mismatch_report"]
+__all__ = ["atomic_save", "read_checkpoint", "read_state_dict", "mismatch_report"]
 
 
 def atomic_save(obj: object, path: str | os.PathLike[str]) -> Path:
-    """``torch.save`` to a temporary file, then rename: a crash never leaves a half-written file at ``path``."""
+    """``torch.save`` to a temporary file, flushed to disk, then renamed over ``path``: a crash (even a kill or a
+    power cut) never leaves a half-written file there, and the previous file stays intact until the new one is
+    complete."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
 
 
-def read_state_dict(path: str | os.PathLike[str], what: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """A tensor state dict from ``path`` with ``weights_only=True`` (nothing is unpickled), unwrapped from a
-    ``model`` / ``state_dict`` entry (ignite checkpoints, official releases); clear errors name ``what``."""
+def read_checkpoint(path: str | os.PathLike[str], what: str = "checkpoint") -> dict:
+    """The dict saved at ``path``, read with ``weights_only=True`` (tensors, numbers, strings and containers only:
+    nothing is unpickled); a missing, unreadable or non-dict file is a :class:`CheckpointError` naming ``what``."""
     if not os.path.isfile(path):
         raise CheckpointError(f"{what} not found: '{path}'.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # any unreadable file means the same to the user
         raise CheckpointError(f"cannot read {what} '{path}': {err}") from None
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"{what} '{path}' is not a dict (got {type(state).__name__}).")
+    return dict(state)
+
+
+def read_state_dict(path: str | os.PathLike[str], what: str = "checkpoint") -> dict[str, torch.Tensor]:
+    """A tensor state dict from ``path`` with ``weights_only=True`` (nothing is unpickled), unwrapped from a
+    ``model`` / ``state_dict`` entry (ignite checkpoints, official releases); clear errors name ``what``."""
+    state = read_checkpoint(path, what)
     for key in ("model", "state_dict"):
         if isinstance(state, Mapping) and isinstance(state.get(key), Mapping):
             state = state[key]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import sys
 
-__all__ = ["InputError", "DataError", "CheckpointError", "install_excepthook"]
+__all__ = ["InputError", "DataError", "CheckpointError", "NonFiniteLossError", "install_excepthook"]
 
 
 class InputError(ValueError):
@@ -24,6 +24,12 @@ class DataError(InputError):
 
 class CheckpointError(InputError):
     """A checkpoint that is missing or does not fit the configured architecture."""
+
+
+class NonFiniteLossError(InputError):
+    """A loss term became NaN or Inf: the message names the term, the batch and the last good checkpoint. Its cause
+    is in the settings (a learning rate too high, a temperature of 0) or in the data, so it is reported as bad
+    input rather than as a crash."""
 
 
 def _find_input_error(exc: BaseException | None) -> InputError | None:

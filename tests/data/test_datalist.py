@@ -24,6 +24,13 @@ def test_valid_datalist_gives_absolute_paths(dataset):
     assert len(load_datalist(dataset, "training", num_classes=3, limit=1)) == 1
 
 
+def test_several_splits_are_joined_in_order(dataset):
+    joined = load_datalist(dataset, ["training", "test"], num_classes=3)
+    assert joined == load_datalist(dataset, "training", num_classes=3) + load_datalist(dataset, "test", num_classes=3)
+    with pytest.raises(DataError, match="no 'unlabelled' list"):
+        load_datalist(dataset, ["training", "unlabelled"])
+
+
 def test_missing_dataset_dir_and_datalist(tmp_path):
     with pytest.raises(DataError, match="does not exist.*prepare_data"):
         load_datalist(tmp_path / "nowhere")
@@ -48,3 +55,16 @@ def test_missing_file_shape_mismatch_and_empty_split(dataset):
     (dataset / "datalist.json").write_text(json.dumps(datalist))
     with pytest.raises(DataError, match="'validation' split .* is empty"):
         load_datalist(dataset, "validation")
+
+
+def test_unreadable_image_and_non_finite_values_are_named(dataset):
+    datalist = json.loads((dataset / "datalist.json").read_text())
+    image = dataset / datalist["training"][0]["image"]
+    image.write_bytes(b"not a NIfTI file")
+    with pytest.raises(DataError, match=r"cannot read image '.*image_000.nii.gz'"):
+        load_datalist(dataset, "training", num_classes=3)
+    values = np.full((16, 16), 0.5, np.float32)
+    values[3, 4], values[5, 6] = np.nan, np.inf
+    nib.save(nib.Nifti1Image(values, np.eye(4)), image)
+    with pytest.raises(DataError, match=r"image '.*image_000.nii.gz' has 2 NaN or Inf values"):
+        load_datalist(dataset, "training", num_classes=3)

@@ -61,8 +61,8 @@ def load_datalist(
 
 
 def check_items(items: list[dict], num_classes: int | None = None, read: bool = True) -> None:
-    """Raise :class:`DataError` for a missing or unreadable image or label, an image/label shape mismatch, or a
-    label value outside [0, num_classes)."""
+    """Raise :class:`DataError` for a missing or unreadable image or label, an image with NaN or Inf values, an
+    image/label shape mismatch, or a label value outside [0, num_classes)."""
     loader = LoadImage(image_only=True)
     for item in items:
         for k in ("image", "label"):
@@ -78,6 +78,10 @@ def check_items(items: list[dict], num_classes: int | None = None, read: bool = 
                 arrays[k] = np.asarray(loader(item[k]))
             except Exception as e:  # any reader failure means the same thing to the user
                 raise DataError(f"cannot read {k} '{item[k]}': {e}") from None
+        image = arrays.get("image")
+        if image is not None and np.issubdtype(image.dtype, np.floating) and not np.isfinite(image).all():
+            bad = int((~np.isfinite(image)).sum())
+            raise DataError(f"image '{item['image']}' has {bad} NaN or Inf values: it would make every loss NaN.")
         if "label" not in arrays:
             continue
         label = arrays["label"]

@@ -23,6 +23,8 @@ from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
+from common.errors import InputError
+
 __all__ = [
     "LossTerm",
     "Stage",
@@ -159,6 +161,7 @@ class DistillationTrainer(SupervisedTrainer):
         )
         self.register_events(*DistillationEvents)
         self.teacher = teacher
+        self._check_class_counts(network, teacher)
         if teacher is not None:
             teacher.eval()
             for p in teacher.parameters():
@@ -168,6 +171,28 @@ class DistillationTrainer(SupervisedTrainer):
         self._term_count = 0
         self.add_event_handler(Events.EPOCH_STARTED, self._select_stage)
         self.add_event_handler(Events.ITERATION_COMPLETED, self._update_term_means)
+
+    def _check_class_counts(self, network: nn.Module, teacher: nn.Module | None) -> None:
+        """Refuse, before training, a teacher whose logits have another class count than the student's."""
+        uses_logits = any("teacher_logits" in t.inputs for s in self.stages for t in s.terms.values())
+        k_teacher, k_student = getattr(teacher, "num_classes", None), getattr(network, "num_classes", None)
+        if uses_logits and None not in (k_teacher, k_student) and int(k_teacher) != int(k_student):
+            raise InputError(
+                f"the teacher outputs {k_teacher} classes and the student {k_student}: teacher and student must "
+                "share num_classes (was the teacher's adapter trained for another task?)."
+            )
+
+    @staticmethod
+    def _check_logits_fit(teacher: torch.Tensor, student: torch.Tensor, cached: bool) -> None:
+        """Teacher and student logits must agree in batch size, class count and spatial rank (the losses resize
+        spatial sizes); say so clearly instead of failing inside a loss."""
+        if teacher.shape[:2] == student.shape[:2] and teacher.ndim == student.ndim:
+            return
+        source = "cached teacher logits (teacher_mode 'cache')" if cached else "teacher logits"
+        raise InputError(
+            f"{source} of shape {tuple(teacher.shape)} do not fit the student's logits {tuple(student.shape)}: batch "
+            "size, class count (num_classes) and number of spatial dimensions must agree."
+        )
 
     def _update_term_means(self, engine: Engine) -> None:
         """Running epoch means of every term in ``state.metrics`` (``train_<term>``), which the Stats, TensorBoard
@@ -240,6 +265,9 @@ class DistillationTrainer(SupervisedTrainer):
                 **engine._teacher_outputs(inputs, batchdata),
                 **engine._student_outputs(inputs),
             }
+            if "teacher_logits" in tensors:
+                cached = isinstance(batchdata, Mapping) and batchdata.get(TEACHER_LOGITS_KEY) is not None
+                engine._check_logits_fit(tensors["teacher_logits"], tensors["student_logits"], cached)
             engine.state.output[Keys.PRED] = tensors["student_logits"]
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
             terms = {"gt": engine.loss_function(tensors["student_logits"], targets).mean()}

@@ -62,8 +62,22 @@ class TeacherCache:
         return atomic_save(plain, self.path(image))
 
     def load(self, image: torch.Tensor | np.ndarray) -> dict[str, torch.Tensor] | None:
+        """The entry of ``image`` (read with ``weights_only=True``), None on a miss; an unreadable entry (a disk
+        error: entries are written atomically) is a :class:`DataError` naming the file to delete."""
+        from common.errors import DataError
+
         path = self.path(image)
-        return torch.load(path, map_location="cpu", weights_only=True) if path.is_file() else None
+        if not path.is_file():
+            return None
+        try:
+            entry = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # any unreadable entry means the same to the user
+            raise DataError(
+                f"teacher-cache entry '{path}' is unreadable ({err}): delete it and it is refilled."
+            ) from None
+        if not isinstance(entry, dict) or not torch.is_tensor(entry.get("logits")):
+            raise DataError(f"teacher-cache entry '{path}' holds no 'logits' tensor: delete it and it is refilled.")
+        return entry
 
 
 class TeacherCacheWriter:
@@ -139,15 +153,23 @@ class LoadTeacherCached:
         from common.errors import DataError
 
         d = dict(data)
-        entry = self.cache.load(d[self.image_key])
+        image = d[self.image_key]
+        name = getattr(image, "meta", {}).get("filename_or_obj", "?")
+        entry = self.cache.load(image)
         if entry is None:
-            name = getattr(d[self.image_key], "meta", {}).get("filename_or_obj", "?")
             raise DataError(
                 f"no teacher-cache entry for image '{name}' in {self.cache.root}: the cache is stale (the image or "
                 "the teacher changed). Fill it again (teacher_mode 'cache' does so at start) or use teacher_mode "
                 "'online'."
             )
-        d[self.output_key] = entry["logits"]
+        logits = entry["logits"]
+        if tuple(logits.shape[1:]) != tuple(image.shape[1:]):
+            raise DataError(
+                f"teacher-cache entry '{self.cache.path(image)}' holds logits of spatial size "
+                f"{tuple(logits.shape[1:])} for image '{name}' of {tuple(image.shape[1:])}: the entry is stale or "
+                "corrupt; delete it and it is refilled."
+            )
+        d[self.output_key] = logits
         return d
 
 

@@ -137,3 +137,24 @@ def test_gradient_accumulation_steps_every_n_iterations(task):
     trainer.run()
     changed = [not torch.equal(a, b) for a, b in zip(snapshots, snapshots[1:])]
     assert changed == [False, True, False, True]  # the optimiser steps after iterations 2 and 4 only
+
+
+def test_teacher_and_student_class_counts_must_agree(task):
+    from common.errors import InputError
+
+    teacher = build_teacher("tiny", image_size=64, num_classes=4)
+    with pytest.raises(InputError, match="the teacher outputs 4 classes and the student 3"):
+        _trainer(build_student(3), teacher, _loader(task), [_kd_stage(1)])
+    # a student-only stage never compares them
+    _trainer(build_student(3), teacher, _loader(task), [Stage("student", 1)])
+
+
+def test_cached_logits_that_do_not_fit_the_student_are_named(task, tmp_path):
+    from common.errors import InputError
+
+    teacher4 = build_teacher("tiny", image_size=64, num_classes=4).eval()
+    cache = fill_teacher_cache(tmp_path / "cache", teacher4, task, image_size=64)
+    trainer = _trainer(build_student(3), None, _loader(task, cache), [_kd_stage(1)])
+    with pytest.raises(InputError, match=r"cached teacher logits .* of shape \(2, 4, 64, 64\) do not fit the "
+                       r"student's logits \(2, 3, 64, 64\)"):  # fmt: skip
+        trainer.run()

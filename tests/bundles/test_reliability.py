@@ -1,0 +1,167 @@
+"""Training runs through ``python -m monai.bundle``: a run killed mid-epoch with SIGKILL and continued with
+``--resume true`` ends bit-identical to an uninterrupted one; the same seed and config give bit-identical metrics;
+a NaN loss term stops the run with one line naming it and keeps the last good checkpoint.
+
+Runs are subprocesses with one CPU thread: the same thread count is what makes CPU results bit-reproducible, and
+one thread keeps them fast on a busy machine. Tiny settings: 8 training images of 64 px, batch 2 (4 iterations per
+epoch), 2 epochs, a checkpoint every iteration.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.data.synthetic import make_synthetic_dataset
+from common.networks.lora import save_adapter
+from common.networks.sam_teacher import build_teacher
+
+REPO = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+ITERS_PER_EPOCH = 4
+SAVED = re.compile(r"Saved \S+last\.pt \(epoch (?P<epoch>\d+), iteration (?P<iteration>\d+)\)")
+
+
+@pytest.fixture(scope="module")
+def task(tmp_path_factory) -> dict[str, dict[str, str]]:
+    """Command-line overrides of each bundle for a tiny synthetic task (a random tiny SAM and its adapter)."""
+    root = tmp_path_factory.mktemp("reliability")
+    data = make_synthetic_dataset(root / "data", num_items=(2 * ITERS_PER_EPOCH, 2, 1), size=64)
+    torch.manual_seed(0)
+    torch.save(build_teacher("tiny", num_classes=3, lora_rank=0).state_dict(), root / "tiny_sam.pth")
+    adapter = save_adapter(build_teacher("tiny", checkpoint=root / "tiny_sam.pth", num_classes=3), root / "adapter.pt")
+    shared = {"dataset_dir": data, "image_size": 64, "batch_size": 2, "num_workers": 0, "epochs": 2}
+    shared["ckpt_interval"] = 1
+    return {
+        "teacher_lora": {**shared, "teacher_arch": "tiny"},
+        "iad_student": {
+            **shared,
+            "kis_epochs": 1,
+            "teacher_arch": "tiny",
+            "teacher_ckpt": root / "tiny_sam.pth",
+            "teacher_adapter": adapter,
+            "teacher_image_size": 64,
+            "teacher_cache_dir": root / "teacher_cache",
+        },
+    }
+
+
+def _cmd(task: dict, bundle: str, bundle_root: Path, **extra) -> list[str]:
+    configs = REPO / "bundles" / bundle / "configs"
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(configs / "train.json")]
+    cmd += ["--logging_file", str(configs / "logging.conf"), "--bundle_root", str(bundle_root)]
+    for key, value in {**task[bundle], **extra}.items():
+        cmd += [f"--{key}", str(value)]
+    return cmd
+
+
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    return out
+
+
+def _assert_identical(a, b, where: str = "") -> None:
+    """Recursive equality; tensors with ``torch.equal`` (bit-identical, not merely close)."""
+    if torch.is_tensor(a):
+        assert torch.is_tensor(b) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, Mapping):
+        assert isinstance(b, Mapping) and set(a) == set(b), f"{where}: {sorted(a)} vs {sorted(b)}"
+        for k in a:
+            _assert_identical(a[k], b[k], f"{where}/{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            _assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, f"{where}: {a!r} vs {b!r}"
+
+
+def _load(path: Path) -> dict:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(task, tmp_path_factory) -> dict[str, Path]:
+    """One uninterrupted run of each bundle: its bundle_root."""
+    roots = {}
+    for bundle in task:
+        roots[bundle] = tmp_path_factory.mktemp(f"{bundle}_uninterrupted")
+        _run(_cmd(task, bundle, roots[bundle]))
+    return roots
+
+
+@pytest.mark.parametrize("bundle", ["iad_student", "teacher_lora"])
+def test_killed_mid_epoch_then_resumed_ends_with_the_uninterrupted_weights(task, uninterrupted, tmp_path, bundle):
+    cmd = _cmd(task, bundle, tmp_path)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=REPO, env=ENV)
+    watchdog = threading.Timer(300, proc.kill)
+    watchdog.start()
+    log = []
+    try:
+        for line in proc.stdout:
+            log.append(line)
+            saved = SAVED.search(line)
+            # iteration 5 is the first of epoch 2 (IAD's KAS stage begins): kill there, in the middle of the epoch
+            if saved and int(saved["iteration"]) >= ITERS_PER_EPOCH + 1:
+                os.kill(proc.pid, signal.SIGKILL)
+                break
+        proc.wait(timeout=60)
+    finally:
+        watchdog.cancel()
+        proc.stdout.close()
+    assert proc.returncode == -signal.SIGKILL, "".join(log[-30:])
+    killed_at = _load(tmp_path / "models" / "last.pt")["trainer"]["iteration"]
+    assert ITERS_PER_EPOCH < killed_at < 2 * ITERS_PER_EPOCH, "killed in the middle of epoch 2"
+
+    resumed = _run(cmd + ["--resume", "true"])
+    assert f"Resumed from {tmp_path / 'models' / 'last.pt'}: epoch 2, iteration {killed_at}" in resumed.stdout
+
+    ref = uninterrupted[bundle] / "models"
+    # the whole final checkpoint: network (for the teacher: adapter, decoder, buffers), loss modules, optimiser
+    # moments, scheduler, best-metric bookkeeping and counters; and the best model chosen by validation
+    _assert_identical(_load(ref / "last.pt"), _load(tmp_path / "models" / "last.pt"), "last.pt")
+    _assert_identical(_load(ref / "model.pt"), _load(tmp_path / "models" / "model.pt"), "model.pt")
+    if bundle == "teacher_lora":
+        _assert_identical(_load(ref / "adapter.pt"), _load(tmp_path / "models" / "adapter.pt"), "adapter.pt")
+
+
+def _scalars(log_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_same_seed_and_config_give_bit_identical_metrics(task, uninterrupted, tmp_path):
+    _run(_cmd(task, "iad_student", tmp_path))
+    first, second = _scalars(uninterrupted["iad_student"] / "outputs"), _scalars(tmp_path / "outputs")
+    assert len(first["loss"]) == 2 * ITERS_PER_EPOCH and len(first["val_mean_dice"]) == 2  # per iteration, per epoch
+    assert {"sld", "cpd", "kas_rfc", "kas_css"} <= set(first)
+    assert first == second  # every logged loss term and validation Dice, exactly
+    _assert_identical(
+        _load(uninterrupted["iad_student"] / "models" / "last.pt"), _load(tmp_path / "models" / "last.pt")
+    )
+
+
+def test_nan_term_stops_the_run_with_one_line_and_keeps_the_last_checkpoint(task, tmp_path):
+    """A zero contrastive temperature makes L_css non-finite as soon as stage 2 (KAS) starts, at iteration 5."""
+    out = subprocess.run(_cmd(task, "iad_student", tmp_path, css_temperature=0), capture_output=True, text=True,
+                         cwd=REPO, env=ENV, timeout=300)  # fmt: skip
+    assert out.returncode == 1, out.stdout[-3000:] + out.stderr[-3000:]
+    last_line = out.stderr.strip().splitlines()[-2]
+    assert re.match(r"error: loss term 'kas_css' is (nan|inf|-inf) at epoch 2, iteration 5 \(batch: image_", last_line)
+    assert f"last good checkpoint is '{tmp_path / 'models' / 'last.pt'}' (iteration 4)" in last_line
+    last = _load(tmp_path / "models" / "last.pt")
+    assert last["trainer"]["iteration"] == ITERS_PER_EPOCH
+    assert all(torch.isfinite(v).all() for v in last["model"].values())

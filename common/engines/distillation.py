@@ -8,7 +8,13 @@ epoch means in ``engine.state.metrics["train_<name>"]``.
 
 Training may run in stages (IAD: knowledge infusion, then knowledge assimilation from the stage-1 student):
 each :class:`Stage` has its epochs, terms and ground-truth weight; ``DistillationEvents.STAGE_STARTED`` fires
-when a stage begins so handlers can react.
+when a stage begins so handlers can react. A term's weight may follow a schedule over the stage's epochs (a callable
+``weight(epoch, epochs)``, e.g. ReCo-KD's λ warm-up); its current value is in ``engine.state.metrics["weight_<name>"]``.
+
+Tensors a term can take (``INPUT_NAMES``): the student's and teacher's logits; ``student_features`` /
+``teacher_features`` and ``student_deep_supervision``, read from the networks' ``forward_features`` output
+(``features``, ``deep_supervision``) only when a term of the stage asks for them; the teacher's ``embedding``; and
+the ``label``.
 """
 
 from __future__ import annotations
@@ -39,7 +45,15 @@ __all__ = [
 
 TEACHER_LOGITS_KEY = "teacher_logits"
 TERM_PREFIX = "term_"  # flat output keys (MONAI's decollation would mangle a nested dict)
-INPUT_NAMES = ("student_logits", "student_features", "teacher_logits", "teacher_embedding", "label")
+INPUT_NAMES = (
+    "student_logits",
+    "student_features",
+    "student_deep_supervision",
+    "teacher_logits",
+    "teacher_embedding",
+    "teacher_features",
+    "label",
+)
 
 
 class DistillationEvents(EventEnum):
@@ -49,16 +63,21 @@ class DistillationEvents(EventEnum):
 @dataclass
 class LossTerm:
     """``weight · loss(*[tensors[name] for name in inputs])``; a loss returning a dict contributes each entry
-    (named ``<term>_<key>``) with the same weight."""
+    (named ``<term>_<key>``) with the same weight. ``weight`` is a number, or a callable ``(epoch, epochs) -> float``
+    evaluated each iteration with the 1-based epoch within the stage and the stage's number of epochs."""
 
     loss: nn.Module | Callable
-    weight: float = 1.0
+    weight: float | Callable[[int, int], float] = 1.0
     inputs: Sequence[str] = ("student_logits", "teacher_logits")
 
     def __post_init__(self) -> None:
         unknown = [n for n in self.inputs if n not in INPUT_NAMES]
         if unknown:
             raise ValueError(f"Unknown loss inputs {unknown}; choose from {INPUT_NAMES}.")
+
+    def weight_at(self, epoch: int, epochs: int) -> float:
+        """The weight in epoch ``epoch`` (1-based, within the stage) of a stage of ``epochs`` epochs."""
+        return float(self.weight(epoch, epochs)) if callable(self.weight) else self.weight
 
 
 @dataclass
@@ -73,6 +92,11 @@ class Stage:
     @property
     def needs_teacher(self) -> bool:
         return any(n.startswith("teacher") for t in self.terms.values() for n in t.inputs)
+
+
+def _as_float(value: torch.Tensor | Sequence[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """A tensor, or each tensor of a list (per-stage features), as float32."""
+    return value.float() if torch.is_tensor(value) else [v.float() for v in value]
 
 
 def _as_stage(stage: Stage | Mapping) -> Stage:
@@ -132,8 +156,10 @@ class DistillationTrainer(SupervisedTrainer):
         loss_function: the ground-truth loss L_gt(student logits, label).
         kwargs: the rest of ``SupervisedTrainer``'s arguments (``amp``, ``accumulation_steps``, handlers, ...).
 
-    The student must provide ``forward_features(x) -> {"logits", "features"}`` when a term takes
-    ``student_features``; otherwise plain ``forward`` is used.
+    The student must provide ``forward_features(x) -> {"logits", "features", ...}`` when a term takes
+    ``student_features`` or ``student_deep_supervision`` (key ``deep_supervision``); otherwise plain ``forward`` is
+    used. The teacher's ``forward_features`` gives ``logits`` and whatever else a term asks for (``embedding``,
+    ``features``).
     """
 
     def __init__(
@@ -210,6 +236,10 @@ class DistillationTrainer(SupervisedTrainer):
     def stage(self) -> Stage:
         return self.stages[max(self.stage_index, 0)]
 
+    def epoch_in_stage(self, epoch: int) -> int:
+        """1-based epoch within its stage of the engine's (1-based) epoch ``epoch``."""
+        return epoch - sum(int(s.epochs) for s in self.stages[: self.stage_at_epoch(epoch)])
+
     def stage_at_epoch(self, epoch: int) -> int:
         """Index of the stage that epoch ``epoch`` (1-based) belongs to."""
         end = 0
@@ -241,13 +271,14 @@ class DistillationTrainer(SupervisedTrainer):
         self.teacher.eval()
         with torch.no_grad():
             out = self.teacher.forward_features(inputs)
-        return {"teacher_logits": out["logits"].float(), "teacher_embedding": out["embedding"].float()}
+        return {f"teacher_{k}": _as_float(out[k]) for k in {"logits"} | {n[len("teacher_") :] for n in names}}
 
     def _student_outputs(self, inputs: torch.Tensor) -> dict[str, torch.Tensor]:
-        needs_features = any("student_features" in t.inputs for t in self.stage.terms.values())
-        if needs_features:
+        names = {n for t in self.stage.terms.values() for n in t.inputs if n.startswith("student_")}
+        names.discard("student_logits")
+        if names:
             out = self.network.forward_features(inputs)
-            return {"student_logits": out["logits"], "student_features": out["features"]}
+            return {"student_logits": out["logits"], **{n: out[n[len("student_") :]] for n in names}}
         return {"student_logits": self.inferer(inputs, self.network)}
 
     def _iteration(self, engine: DistillationTrainer, batchdata: dict[str, torch.Tensor]) -> dict:
@@ -258,6 +289,11 @@ class DistillationTrainer(SupervisedTrainer):
         ]
         engine.state.output = {Keys.IMAGE: inputs, Keys.LABEL: targets}
         stage = engine.stage
+        epoch, epochs = engine.epoch_in_stage(engine.state.epoch), int(stage.epochs)
+        weights = {name: term.weight_at(epoch, epochs) for name, term in stage.terms.items()}
+        for name, term in stage.terms.items():
+            if callable(term.weight):
+                engine.state.metrics[f"weight_{name}"] = weights[name]
 
         def compute_loss() -> None:
             tensors = {
@@ -277,7 +313,7 @@ class DistillationTrainer(SupervisedTrainer):
                 parts = value if isinstance(value, Mapping) else {name: value}
                 for key, part in parts.items():
                     terms[key if key == name else f"{name}_{key}"] = part
-                    weighted = weighted + term.weight * part
+                    weighted = weighted + weights[name] * part
             engine.state.output[Keys.LOSS] = weighted
             engine.state.output.update({f"{TERM_PREFIX}{k}": float(v.detach()) for k, v in terms.items()})
             engine.fire_event(IterationEvents.LOSS_COMPLETED)

@@ -14,7 +14,8 @@
 - with ``seed`` set, reseeds python, numpy, torch and the dataset's random transforms from (seed, epoch) when each
   epoch starts and from (seed, iteration) before each step, so what any iteration draws does not depend on what ran
   before it in this process. This is what makes a resumed run end with the same weights, bit for bit on CPU, as an
-  uninterrupted one (a test kills a run with SIGKILL and checks it).
+  uninterrupted one (a test kills a run with SIGKILL and checks it). DataLoader workers must be re-created each
+  epoch (``persistent_workers=False``, the default) for their transforms to be reseeded.
 
 Networks are saved without their frozen parameters: trainable parameters and all buffers (for the teacher: the
 LoRA adapter, prompt encoder, mask decoder and normalisation statistics; its frozen image encoder is rebuilt from

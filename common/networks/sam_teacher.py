@@ -116,6 +116,17 @@ class SamTeacher(nn.Module):
         self.register_buffer("pixel_mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
+    def train(self, mode: bool = True) -> SamTeacher:
+        """Train mode, except for frozen normalisation layers: a frozen encoder's BatchNorm statistics (LiteMedSAM's
+        TinyViT) keep their pretrained values instead of drifting with the fine-tuning data, so the base
+        checkpoint plus ``adapter.pt`` rebuilds exactly the network that ``model_merged.pt`` holds."""
+        super().train(mode)
+        if mode:
+            for m in self.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in m.parameters()):
+                    m.eval()
+        return self
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
         """Grayscale → 3 channels, resize to ``image_size``, pixel normalisation."""
         if x.shape[1] == 1:
@@ -308,4 +319,4 @@ def build_teacher(
                 p.requires_grad_(True)
     if adapter:
         load_adapter(model, adapter)
-    return model
+    return model.train()  # train mode as SamTeacher defines it: frozen BatchNorm layers stay in eval mode

@@ -165,3 +165,23 @@ def test_modeling_imports_without_torchvision():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "ok"
+
+
+def test_frozen_batchnorm_keeps_its_statistics_so_the_adapter_rebuilds_the_trained_teacher(tmp_path):
+    """LiteMedSAM's TinyViT has BatchNorm in its frozen encoder: training must not move its running statistics,
+    which adapter.pt does not carry (else base + adapter would differ from the trained teacher)."""
+    torch.manual_seed(0)
+    base = tmp_path / "base.pth"
+    torch.save(build_teacher("litemedsam", image_size=64, num_classes=1, lora_rank=0).state_dict(), base)
+    model = build_teacher("litemedsam", checkpoint=base, image_size=64, num_classes=2, lora_rank=2)
+    bn = {k: v.clone() for k, v in model.state_dict().items() if "running_" in k}
+    assert bn, "the LiteMedSAM encoder has BatchNorm layers"
+    _train_steps(model, size=64)
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in bn.items())
+    assert model.mask_decoder.training, "trainable parts still train"
+    rebuilt = build_teacher("litemedsam", checkpoint=base, image_size=64, num_classes=2, lora_rank=2)
+    load_adapter(rebuilt, save_adapter(model, tmp_path / "adapter.pt"))
+    model.eval(), rebuilt.eval()
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), rebuilt(x))

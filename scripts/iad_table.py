@@ -16,13 +16,14 @@ import csv
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from scripts.bundle_runs import config_list, run_logged  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "iad_student" / "configs"
 TEACHER_CONFIGS = REPO / "bundles" / "teacher_lora" / "configs"
@@ -38,20 +39,6 @@ ROWS = {
     "iad": ("IAD (KIS → KAS)", []),
     "kd_kas": ("KD → KAS", ["kd_kas.json"]),
 }
-
-
-def _config_list(paths: list[Path]) -> str:
-    return "[" + ",".join(f"'{p}'" for p in paths) + "]"
-
-
-def _run(cmd: list[str], log: Path, env: dict) -> float:
-    """Run a command with its output in ``log``; return its wall time; stop the table on failure."""
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    if code:
-        sys.exit(f"error: {' '.join(cmd[:6])} ... failed (exit {code}); see {log}")
-    return time.perf_counter() - start
 
 
 def run_row(row: str, seed: int, args: argparse.Namespace, env: dict) -> dict:
@@ -73,10 +60,11 @@ def run_row(row: str, seed: int, args: argparse.Namespace, env: dict) -> dict:
     variant = [CONFIGS / v for v in ROWS[row][1]]
     base = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
     print(f"[train] {row} seed {seed} -> {root}", flush=True)
-    seconds = _run(base + [_config_list([CONFIGS / "train.json", *variant])] + common, root / "train.log", env)
+    train = base + [config_list([CONFIGS / "train.json", *variant])] + common
+    seconds = run_logged(train, root / "train.log", env, REPO)
     timing.write_text(json.dumps({"train_seconds": seconds}))
-    _run(base + [_config_list([CONFIGS / "train.json", *variant, CONFIGS / "evaluate.json"])] + common,
-         root / "evaluate.log", env)  # fmt: skip
+    evaluate = base + [config_list([CONFIGS / "train.json", *variant, CONFIGS / "evaluate.json"])] + common
+    run_logged(evaluate, root / "evaluate.log", env, REPO)
     print(f"[done] {row} seed {seed}: {seconds / 60:.1f} min", flush=True)
     return {"summary": json.loads(summary.read_text()), "train_seconds": seconds}
 
@@ -86,11 +74,11 @@ def evaluate_teacher(args: argparse.Namespace, env: dict) -> dict:
     summary = out / "metrics_summary.json"
     if not summary.is_file():
         cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
-        cmd += [_config_list([TEACHER_CONFIGS / "train.json", TEACHER_CONFIGS / "evaluate.json"])]
+        cmd += [config_list([TEACHER_CONFIGS / "train.json", TEACHER_CONFIGS / "evaluate.json"])]
         cmd += ["--bundle_root", args.teacher_root, "--output_dir", str(out), "--dataset_dir", args.dataset_dir]
         cmd += ["--teacher_arch", args.teacher_arch, "--image_size", str(args.teacher_image_size), "--num_workers", "0"]
         out.mkdir(parents=True, exist_ok=True)
-        _run(cmd, out / "evaluate.log", env)
+        run_logged(cmd, out / "evaluate.log", env, REPO)
     timing = Path(args.teacher_root) / "train_time.json"
     seconds = json.loads(timing.read_text())["train_seconds"] if timing.is_file() else math.nan
     return {"summary": json.loads(summary.read_text()), "train_seconds": seconds}

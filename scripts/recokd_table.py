@@ -22,13 +22,14 @@ import csv
 import json
 import math
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+
+from scripts.bundle_runs import config_list, run_logged  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "recokd_student" / "configs"
 DEFAULT_DATASET = "data/lits_liver_3d"
@@ -61,25 +62,11 @@ def parse_overrides(tokens: list[str]) -> dict[str, object]:
     return out
 
 
-def _config_list(paths: list[Path]) -> str:
-    return "[" + ",".join(f"'{p}'" for p in paths) + "]"
-
-
 def _cli(overrides: dict[str, object]) -> list[str]:
     args: list[str] = []
     for key, value in overrides.items():
         args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
     return args
-
-
-def _run(cmd: list[str], log: Path, env: dict) -> float:
-    """Run a command with its output in ``log``; return its wall time; stop the table on failure."""
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-    if code:
-        sys.exit(f"error: {' '.join(cmd[:6])} ... failed (exit {code}); see {log}")
-    return time.perf_counter() - start
 
 
 def row_overrides(row: str, args: argparse.Namespace, extra: dict[str, object]) -> dict[str, object]:
@@ -113,9 +100,9 @@ def run_row(row: str, args: argparse.Namespace, extra: dict[str, object], env: d
     base = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
     cli = _cli(row_overrides(row, args, extra))
     print(f"[train] {row} -> {root}", flush=True)
-    seconds = _run(base + [_config_list(configs)] + cli, root / "train.log", env)
+    seconds = run_logged(base + [config_list(configs)] + cli, root / "train.log", env, REPO)
     timing.write_text(json.dumps({"train_seconds": seconds}))
-    _run(base + [_config_list(configs + [CONFIGS / "evaluate.json"])] + cli, root / "evaluate.log", env)
+    run_logged(base + [config_list(configs + [CONFIGS / "evaluate.json"])] + cli, root / "evaluate.log", env, REPO)
     print(f"[done] {row}: {seconds / 60:.1f} min", flush=True)
     return {"summary": json.loads(summary.read_text()), "train_seconds": seconds}
 

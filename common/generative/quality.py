@@ -105,11 +105,13 @@ def _intensity_w1(x: torch.Tensor, real: torch.Tensor, bins: int = 256) -> float
 
 
 @torch.no_grad()
-def embed(encoder: nn.Module | None, images: torch.Tensor, batch_size: int = 16, device="cpu") -> np.ndarray:
+def embed(
+    encoder: nn.Module | None, images: torch.Tensor, batch_size: int = 16, device="cpu", desc: str = "embedding"
+) -> np.ndarray:
     """Global-average-pooled features of ``encoder`` (e.g. the teacher's ``image_encoder`` after its
     ``preprocess``) for images in [0, 1]."""
     feats = []
-    for x in images.split(batch_size):
+    for x in tqdm(images.split(batch_size), desc=desc, unit="batch"):
         f = encoder(x.to(device))
         feats.append(f.flatten(2).mean(-1).double().cpu())
     return torch.cat(feats).numpy()
@@ -214,7 +216,7 @@ class TransferSetQuality:
         if self.encoder is not None:
             self.encoder.eval()
             for name, x in (("generated", generated), ("real", real), ("reference", ref)):
-                feats[name] = embed(self.encoder, x, self.batch_size, self.device)
+                feats[name] = embed(self.encoder, x, self.batch_size, self.device, desc=f"embedding {name}")
         report = {
             "transfer_dir": str(self.transfer_dir),
             "dataset_dir": str(self.dataset_dir),

@@ -16,7 +16,7 @@ from monai.transforms import LoadImage
 
 from common.errors import DataError
 
-__all__ = ["DataError", "load_datalist", "check_items"]
+__all__ = ["DataError", "load_datalist", "load_images", "check_items"]
 
 
 def load_datalist(
@@ -25,6 +25,7 @@ def load_datalist(
     num_classes: int | None = None,
     check: bool = True,
     limit: int | None = None,
+    limit_mode: str = "first",
 ) -> list[dict]:
     """Items of split ``key`` of ``dataset_dir/datalist.json`` with absolute paths, checked with :func:`check_items`.
 
@@ -34,7 +35,9 @@ def load_datalist(
             (e.g. labelled plus unlabelled images for a model that needs no labels).
         num_classes: K; with ``check``, every label value must lie in [0, K) (K = 1: binary labels {0, 1}).
         check: read every file once to check it (shapes, label values); False only checks that files exist.
-        limit: keep the first ``limit`` items (label-budget experiments, quick runs).
+        limit: keep ``limit`` items (label-budget experiments, quick runs); None keeps all.
+        limit_mode: ``first`` keeps the first items; ``even`` keeps items evenly spaced over the list (for slices
+            in order, a label budget that spans the organ instead of one end of it).
     """
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
@@ -53,11 +56,32 @@ def load_datalist(
         except ValueError as e:
             raise DataError(f"'{datalist_path}' has no '{k}' list: {e}") from None
     if limit is not None:
-        items = items[: int(limit)]
+        items = _limit(items, int(limit), limit_mode)
     if not items:
         raise DataError(f"The '{key}' split of '{datalist_path}' is empty.")
     check_items(items, num_classes=num_classes, read=check)
     return items
+
+
+def _limit(items: list[dict], limit: int, mode: str) -> list[dict]:
+    if limit < 1:
+        raise DataError(f"limit (num_labels) must be >= 1 or null for all items, got {limit}.")
+    if mode == "first" or limit >= len(items):
+        return items[:limit]
+    if mode == "even":
+        return [items[int(i)] for i in np.round(np.linspace(0, len(items) - 1, limit))]
+    raise DataError(f"limit_mode must be 'first' or 'even', got '{mode}'.")
+
+
+def load_images(
+    dataset_dirs: str | Path | Sequence[str | Path], key: str | Sequence[str] = "training", check: bool = True
+) -> list[dict]:
+    """Unlabelled items ``{"image": path}`` of split ``key`` of each folder's ``datalist.json``, joined: a transfer
+    set (the diffusion bundle's output folder), real unlabelled images, or both. Labels, when present, are dropped."""
+    dirs = [dataset_dirs] if isinstance(dataset_dirs, (str, Path)) else list(dataset_dirs)
+    if not dirs:
+        raise DataError("no image folder given (transfer_dirs is empty).")
+    return [{"image": item["image"]} for d in dirs for item in load_datalist(d, key, check=check)]
 
 
 def check_items(items: list[dict], num_classes: int | None = None, read: bool = True) -> None:

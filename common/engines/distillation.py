@@ -11,9 +11,9 @@ each :class:`Stage` has its epochs, terms and ground-truth weight; ``Distillatio
 when a stage begins so handlers can react. A term's weight may follow a schedule over the stage's epochs (a callable
 ``weight(epoch, epochs)``, e.g. ReCo-KD's λ warm-up); its current value is in ``engine.state.metrics["weight_<name>"]``.
 
-Tensors a term can take (``INPUT_NAMES``): the student's and teacher's logits; ``student_features`` /
-``teacher_features`` and ``student_deep_supervision``, read from the networks' ``forward_features`` output
-(``features``, ``deep_supervision``) only when a term of the stage asks for them; the teacher's ``embedding``; and
+Tensors a term can take (``INPUT_NAMES``): the student's and teacher's logits; ``student_embedding``,
+``student_features`` / ``teacher_features`` and ``student_deep_supervision``, read from the networks'
+``forward_features`` output (``embedding``, ``features``, ``deep_supervision``) only when a term of the stage asks for them; the teacher's ``embedding``; and
 the ``label``.
 """
 
@@ -47,6 +47,7 @@ TEACHER_LOGITS_KEY = "teacher_logits"
 TERM_PREFIX = "term_"  # flat output keys (MONAI's decollation would mangle a nested dict)
 INPUT_NAMES = (
     "student_logits",
+    "student_embedding",
     "student_features",
     "student_deep_supervision",
     "teacher_logits",
@@ -220,6 +221,17 @@ class DistillationTrainer(SupervisedTrainer):
             "size, class count (num_classes) and number of spatial dimensions must agree."
         )
 
+    @staticmethod
+    def _check_unlabelled(stage: Stage) -> None:
+        """A batch without ``label`` is fine only when nothing of the stage needs one."""
+        needs = [n for n, t in stage.terms.items() if "label" in t.inputs]
+        if stage.gt_weight or needs:
+            raise InputError(
+                f"the batch has no 'label' but stage '{stage.name}' needs one (gt_weight {stage.gt_weight}"
+                + (f", terms {needs}" if needs else "")
+                + "): give a labelled datalist, or set gt_weight 0 for distillation on unlabelled images."
+            )
+
     def _update_term_means(self, engine: Engine) -> None:
         """Running epoch means of every term in ``state.metrics`` (``train_<term>``), which the Stats, TensorBoard
         and MLflow handlers log at epoch level with no extra configuration (MONAI's ``--tracking mlflow`` too)."""
@@ -261,12 +273,15 @@ class DistillationTrainer(SupervisedTrainer):
         names = {n for t in self.stage.terms.values() for n in t.inputs if n.startswith("teacher")}
         if not names:
             return {}
-        cached = batchdata.get(TEACHER_LOGITS_KEY) if isinstance(batchdata, Mapping) else None
-        if cached is not None and names == {"teacher_logits"}:
-            return {"teacher_logits": torch.as_tensor(cached).to(inputs.device, non_blocking=self.non_blocking)}
+        cached = (
+            {n: batchdata[n] for n in names if batchdata.get(n) is not None} if isinstance(batchdata, Mapping) else {}
+        )
+        if cached and set(cached) == names:
+            return {n: torch.as_tensor(v).to(inputs.device, non_blocking=self.non_blocking) for n, v in cached.items()}
         if self.teacher is None:
             raise RuntimeError(
-                f"Stage '{self.stage.name}' needs {sorted(names)} but there is no teacher and no cached logits."
+                f"Stage '{self.stage.name}' needs {sorted(names)} but there is no teacher and the batch carries "
+                f"only {sorted(cached) or 'no'} cached teacher outputs."
             )
         self.teacher.eval()
         with torch.no_grad():
@@ -306,8 +321,12 @@ class DistillationTrainer(SupervisedTrainer):
                 engine._check_logits_fit(tensors["teacher_logits"], tensors["student_logits"], cached)
             engine.state.output[Keys.PRED] = tensors["student_logits"]
             engine.fire_event(IterationEvents.FORWARD_COMPLETED)
-            terms = {"gt": engine.loss_function(tensors["student_logits"], targets).mean()}
-            weighted = stage.gt_weight * terms["gt"]
+            if targets is None:  # unlabelled data (e.g. a transfer set): only the distillation terms
+                engine._check_unlabelled(stage)
+                terms, weighted = {}, 0.0
+            else:
+                terms = {"gt": engine.loss_function(tensors["student_logits"], targets).mean()}
+                weighted = stage.gt_weight * terms["gt"]
             for name, term in stage.terms.items():
                 value = term.loss(*[tensors[n] for n in term.inputs])
                 parts = value if isinstance(value, Mapping) else {name: value}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -116,12 +117,17 @@ def fill_teacher_cache(
     image_size: int | None = None,
     image_key: str = "image",
     device: str | torch.device | None = None,
+    outputs: Sequence[str] = ("logits",),
 ) -> TeacherCache:
-    """Run the teacher once on every image of ``items`` that has no entry yet (images as ``LoadImage`` with a
-    channel axis reads them, un-augmented) and return the cache. Progress is shown; hits cost one hash each."""
+    """Run the teacher once on every image of ``items`` that has no complete entry yet (images as ``LoadImage`` with
+    a channel axis reads them, un-augmented) and return the cache. ``outputs`` names what is stored: ``logits``
+    always, plus any key of the teacher's ``forward_features`` (e.g. ``embedding`` for feature distillation); an entry
+    missing one of them is recomputed. Progress is shown; hits cost one hash each (and one read when more than the
+    logits are asked for)."""
     from monai.transforms import LoadImage
     from tqdm import tqdm
 
+    outputs = _output_names(outputs)
     cache = TeacherCache(cache_dir, teacher_fingerprint(teacher, image_size))
     loader = LoadImage(image_only=True, ensure_channel_first=True)
     device = torch.device(device) if device is not None else next(teacher.parameters()).device
@@ -129,25 +135,50 @@ def fill_teacher_cache(
     missing = 0
     for item in tqdm(items, desc="teacher cache", leave=False):
         image = torch.as_tensor(loader(item[image_key])).float().as_subclass(torch.Tensor)
-        if cache.path(image).is_file():
+        if _has_entry(cache, image, outputs):
             continue
         with torch.no_grad():
-            logits = teacher(image[None].to(device))[0]
-        cache.save(image, {"logits": logits.float()})
+            if outputs == ("logits",):
+                out = {"logits": teacher(image[None].to(device))}
+            else:
+                out = teacher.forward_features(image[None].to(device))
+        cache.save(image, {k: out[k][0].float() for k in outputs})
         missing += 1
     logger.info("Teacher cache %s: %d entries written, %d reused.", cache.root, missing, len(items) - missing)
     return cache
 
 
+def _output_names(outputs: Sequence[str] | str) -> tuple[str, ...]:
+    """``logits`` first, then the other requested outputs, without repeats."""
+    names = [outputs] if isinstance(outputs, str) else list(outputs)
+    return tuple(dict.fromkeys(["logits", *names]))
+
+
+def _has_entry(cache: TeacherCache, image: torch.Tensor, outputs: tuple[str, ...]) -> bool:
+    if outputs == ("logits",):
+        return cache.path(image).is_file()
+    entry = cache.load(image)
+    return entry is not None and all(torch.is_tensor(entry.get(k)) for k in outputs)
+
+
 class LoadTeacherCached:
-    """Dictionary transform: add ``teacher_logits`` (K, *spatial) from a :class:`TeacherCache` for ``image``.
+    """Dictionary transform: add ``teacher_logits`` (K, *spatial) from a :class:`TeacherCache` for ``image``, and
+    ``teacher_<name>`` for each other name of ``outputs`` (e.g. ``teacher_embedding``).
 
     Place it right after loading, before any spatial augmentation, and list ``teacher_logits`` in the spatial
-    transforms' keys so the logits move with the image. A miss is a stale cache and stops with a clear error.
+    transforms' keys so the logits move with the image (an embedding is coarse: use it without spatial augmentation).
+    A miss is a stale cache and stops with a clear error.
     """
 
-    def __init__(self, cache: TeacherCache, image_key: str = "image", output_key: str = "teacher_logits") -> None:
+    def __init__(
+        self,
+        cache: TeacherCache,
+        image_key: str = "image",
+        output_key: str = "teacher_logits",
+        outputs: Sequence[str] = ("logits",),
+    ) -> None:
         self.cache, self.image_key, self.output_key = cache, image_key, output_key
+        self.outputs = _output_names(outputs)
 
     def __call__(self, data: dict) -> dict:
         from common.errors import DataError
@@ -170,6 +201,13 @@ class LoadTeacherCached:
                 "corrupt; delete it and it is refilled."
             )
         d[self.output_key] = logits
+        for name in self.outputs[1:]:
+            if not torch.is_tensor(entry.get(name)):
+                raise DataError(
+                    f"teacher-cache entry '{self.cache.path(image)}' holds no '{name}': it was filled for another "
+                    "method; fill the cache again with this output (teacher_mode 'cache' does so at start)."
+                )
+            d[f"teacher_{name}"] = entry[name]
         return d
 
 
@@ -180,14 +218,16 @@ def teacher_logits_transform(
     items: list[dict],
     image_size: int | None = None,
     image_key: str = "image",
+    outputs: Sequence[str] = ("logits",),
 ):
     """The transform a student's training pipeline places after loading: ``"cache"`` fills the cache for ``items``
-    (teacher forward on misses only) and returns :class:`LoadTeacherCached`; ``"online"`` returns a no-op (the
-    trainer runs the teacher every step)."""
+    (teacher forward on misses only; ``outputs`` as in :func:`fill_teacher_cache`) and returns
+    :class:`LoadTeacherCached`; ``"online"`` returns a no-op (the trainer runs the teacher every step)."""
     from monai.transforms import Identityd
 
     if mode == "online" or teacher is None:
         return Identityd(keys=image_key)
     if mode != "cache":
         raise ValueError(f"teacher_mode must be 'online' or 'cache', got '{mode}'.")
-    return LoadTeacherCached(fill_teacher_cache(cache_dir, teacher, items, image_size, image_key), image_key)
+    cache = fill_teacher_cache(cache_dir, teacher, items, image_size, image_key, outputs=outputs)
+    return LoadTeacherCached(cache, image_key, outputs=outputs)

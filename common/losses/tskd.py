@@ -1,0 +1,46 @@
+"""TS-KD pre-training losses (METHODS.md §3): L = λ_f·MSE(neck(h_s), E_t) + λ_p·MSE(O_s, O_t).
+
+The teacher's image embedding E_t is 256×(s/16)² for SAM's ViTs, like the student's neck output, but LiteMedSAM's
+TinyViT gives 256×(s/4)². The feature term then average-pools E_t to the student's grid (area averaging: each student
+token is matched with the mean of the teacher pixels it covers); a teacher grid coarser than the student's is upsampled
+bilinearly instead. Both terms are plain means over every element.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["FeatureAlignmentLoss", "PredictionAlignmentLoss", "match_grid"]
+
+
+def match_grid(teacher: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """``teacher`` (B, C, *grid) brought to spatial ``size``: area average when it is finer, bilinear when coarser."""
+    if tuple(teacher.shape[2:]) == tuple(size):
+        return teacher
+    if all(t >= s for t, s in zip(teacher.shape[2:], size)):
+        return F.adaptive_avg_pool2d(teacher, size)
+    return F.interpolate(teacher, size=size, mode="bilinear", align_corners=False)
+
+
+class FeatureAlignmentLoss(nn.Module):
+    """MSE(student embedding, teacher embedding on the student's grid); channel counts must agree (the neck's
+    ``embed_dim`` is the teacher's embedding width)."""
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if student.shape[:2] != teacher.shape[:2]:
+            raise ValueError(
+                f"student embedding {tuple(student.shape)} and teacher embedding {tuple(teacher.shape)} differ in "
+                "batch or channels: set the student's embed_dim to the teacher's embedding width."
+            )
+        return F.mse_loss(student.float(), match_grid(teacher.float(), student.shape[2:]))
+
+
+class PredictionAlignmentLoss(nn.Module):
+    """MSE between student and teacher logits (student resized bilinearly to the teacher's size if they differ)."""
+
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        if student.shape[2:] != teacher.shape[2:]:
+            student = F.interpolate(student, size=teacher.shape[2:], mode="bilinear", align_corners=False)
+        return F.mse_loss(student.float(), teacher.float())

@@ -1,0 +1,160 @@
+"""The TS-KD student: ViT-Tiny (MONAI ``ViT``) + a SAM-style neck to the teacher's embedding width + a light decoder.
+
+METHODS.md §3: patch 16, hidden 192, 12 blocks, 3 heads, MLP 768; the neck (1×1 conv 192→256, LayerNorm2d, 3×3 conv,
+LayerNorm2d, as in SAM's image encoder) gives a 256×(s/16)² embedding that feature distillation aligns with the
+teacher's image embedding; the decoder upsamples it ×2 per block back to the input size and predicts K logits.
+``forward`` returns the logits (inference, validation); ``forward_features`` also returns the embedding and the
+blocks' hidden states for the distillation losses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from monai.networks.nets import ViT
+from torch import nn
+
+from common.checkpoints import mismatch_report, read_state_dict
+from common.errors import CheckpointError, InputError
+
+__all__ = ["LayerNorm2d", "ViTStudent", "build_vit_student"]
+
+
+class LayerNorm2d(nn.Module):
+    """LayerNorm over the channel axis of a (B, C, H, W) map (SAM's ``LayerNorm2d``)."""
+
+    def __init__(self, channels: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(1, keepdim=True)
+        var = (x - mean).pow(2).mean(1, keepdim=True)
+        x = (x - mean) / torch.sqrt(var + self.eps)
+        return self.weight[:, None, None] * x + self.bias[:, None, None]
+
+
+def _up_block(c_in: int, c_out: int) -> nn.Sequential:
+    """×2 upsampling (transposed conv) then a 3×3 conv, each with LayerNorm2d + GELU."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2),
+        LayerNorm2d(c_out),
+        nn.GELU(),
+        nn.Conv2d(c_out, c_out, kernel_size=3, padding=1, bias=False),
+        LayerNorm2d(c_out),
+        nn.GELU(),
+    )
+
+
+class ViTStudent(nn.Module):
+    """ViT-Tiny student: image (B, C, s, s) → logits (B, K, s, s).
+
+    Args:
+        num_classes: K, background included.
+        image_size: s, the input size (fixed: the position embedding is learnt for (s/patch)² tokens).
+        in_channels: image channels (1 for CT/MR slices).
+        patch_size, hidden_size, num_layers, num_heads, mlp_dim: the ViT (defaults: ViT-Tiny).
+        embed_dim: the neck's width, the teacher's embedding width (256 for SAM and LiteMedSAM).
+        decoder_channels: one ×2 upsampling block per entry; their count must be log2(patch_size) to reach s.
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        image_size: int = 128,
+        in_channels: int = 1,
+        patch_size: int = 16,
+        hidden_size: int = 192,
+        num_layers: int = 12,
+        num_heads: int = 3,
+        mlp_dim: int = 768,
+        embed_dim: int = 256,
+        decoder_channels: Sequence[int] = (128, 64, 32, 16),
+    ) -> None:
+        super().__init__()
+        if image_size % patch_size:
+            raise InputError(f"image_size {image_size} must be a multiple of patch_size {patch_size}.")
+        if 2 ** len(decoder_channels) != patch_size:
+            raise InputError(
+                f"decoder_channels has {len(decoder_channels)} ×2 blocks, which do not undo patch_size {patch_size} "
+                f"(need log2(patch_size) = {patch_size.bit_length() - 1} blocks)."
+            )
+        self.num_classes, self.image_size, self.patch_size = num_classes, image_size, patch_size
+        self.grid = image_size // patch_size
+        self.vit = ViT(
+            in_channels=in_channels,
+            img_size=(image_size, image_size),
+            patch_size=(patch_size, patch_size),
+            hidden_size=hidden_size,
+            mlp_dim=mlp_dim,
+            num_layers=num_layers,
+            num_heads=num_heads,
+            spatial_dims=2,
+            classification=False,
+            qkv_bias=True,
+        )
+        self.neck = nn.Sequential(
+            nn.Conv2d(hidden_size, embed_dim, kernel_size=1, bias=False),
+            LayerNorm2d(embed_dim),
+            nn.Conv2d(embed_dim, embed_dim, kernel_size=3, padding=1, bias=False),
+            LayerNorm2d(embed_dim),
+        )
+        channels = [embed_dim, *decoder_channels]
+        self.decoder = nn.Sequential(*[_up_block(a, b) for a, b in zip(channels, channels[1:])])
+        self.head = nn.Conv2d(channels[-1], num_classes, kernel_size=1)
+
+    def _tokens_to_map(self, tokens: torch.Tensor) -> torch.Tensor:
+        b, n, c = tokens.shape
+        return tokens.transpose(1, 2).reshape(b, c, self.grid, self.grid)
+
+    def forward_features(self, x: torch.Tensor) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+        """``logits`` (B, K, s, s), ``embedding`` (B, embed_dim, s/p, s/p) and ``hidden_states``: each block's
+        tokens as maps (B, hidden, s/p, s/p)."""
+        if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
+            raise InputError(
+                f"the ViT student takes {self.image_size}×{self.image_size} inputs (its position embedding is "
+                f"learnt for that size), got {tuple(x.shape[-2:])}: resize, or use a sliding-window inferer."
+            )
+        tokens, hidden = self.vit(x)
+        embedding = self.neck(self._tokens_to_map(tokens))
+        logits = self.head(self.decoder(embedding))
+        return {
+            "logits": logits,
+            "embedding": embedding,
+            "hidden_states": [self._tokens_to_map(h) for h in hidden],
+        }
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_features(x)["logits"]
+
+
+def build_vit_student(
+    num_classes: int = 3,
+    image_size: int = 128,
+    in_channels: int = 1,
+    preset: str = "tiny",
+    pretrained: str | None = None,
+) -> ViTStudent:
+    """Build the student: ``preset`` ``tiny`` (ViT-Tiny, METHODS.md §3) or ``test`` (2 blocks of width 32, for tests);
+    ``pretrained`` loads a TS-KD pre-training checkpoint (``model`` of a training checkpoint, or a plain state dict),
+    checked key by key so a checkpoint of another shape stops with a clear error."""
+    presets = {
+        "tiny": {},
+        "test": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "mlp_dim": 64, "embed_dim": 32},
+    }
+    if preset not in presets:
+        raise InputError(f"student preset must be one of {sorted(presets)}, got '{preset}'.")
+    model = ViTStudent(num_classes, image_size, in_channels, **presets[preset])
+    if pretrained:
+        state = read_state_dict(pretrained, "pre-trained student")
+        problems = mismatch_report(model.state_dict(), state)
+        if problems:
+            raise CheckpointError(
+                f"pre-trained student '{pretrained}' does not fit this student (preset '{preset}', image_size "
+                f"{image_size}, {num_classes} classes): {problems}"
+            )
+        model.load_state_dict(state)
+    return model

@@ -186,6 +186,14 @@ class DistributedNetwork(DistributedDataParallel):
     def forward_features(self, *args: Any, **kwargs: Any) -> Any:
         return self(*args, return_features=True, **kwargs)
 
+    def state_dict(self, *args: Any, **kwargs: Any) -> Any:
+        """The plain network's state dict (no ``module.`` prefixes): handlers that save or reload the trainer's
+        network (e.g. the teacher export) read and write the single-process format."""
+        return self.network.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        return self.network.load_state_dict(state_dict, strict=strict, assign=assign)
+
     def __getattr__(self, name: str) -> Any:
         try:
             return super().__getattr__(name)

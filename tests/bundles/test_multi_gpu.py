@@ -106,3 +106,61 @@ def test_torchrun_two_processes_matches_single_process_checkpoint(iad_task):
         assert torch.equal(v, multi["model"][k])
     best = torch.load(bundle / "models" / "model.pt", weights_only=True)
     assert _module_keys(best) == _module_keys(torch.load(root / "single" / "models" / "model.pt", weights_only=True))
+
+
+@pytest.fixture
+def one_process_group(monkeypatch):
+    """The environment torchrun gives a single process; the group is left again even when a run fails."""
+    import torch.distributed as dist
+
+    env = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "MASTER_ADDR": "127.0.0.1"}
+    for k, v in {**env, "MASTER_PORT": str(_free_port())}.items():
+        monkeypatch.setenv(k, v)
+    yield
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _configs(bundle: str, *names: str) -> list[str]:
+    return [str(REPO / "bundles" / bundle / "configs" / n) for n in names]
+
+
+@pytest.mark.parametrize("variant", ["kd", "student_only"])
+def test_iad_variants_train_with_multi_gpu_config(iad_task, one_process_group, tmp_path, variant):
+    _, o = iad_task
+    configs = _configs("iad_student", "train.json", f"{variant}.json", "multi_gpu_train.json")
+    run(config_file=configs, bundle_root=str(tmp_path), **{**o, "epochs": 1, "kis_epochs": 0})
+    assert (tmp_path / "models" / "last.pt").is_file() and (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_teacher_lora_multi_gpu_config_trains(one_process_group, tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", num_items=(4, 2, 2), size=48)
+    run(config_file=_configs("teacher_lora", "train.json", "multi_gpu_train.json"), bundle_root=str(tmp_path),
+        dataset_dir=str(data), teacher_arch="tiny", image_size=64, num_workers=0, epochs=1, batch_size=2)  # fmt: skip
+    for name in ("last.pt", "model.pt", "adapter.pt", "model_merged.pt"):
+        assert (tmp_path / "models" / name).is_file(), name
+
+
+def test_transfer_diffusion_multi_gpu_config_trains(one_process_group, tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", num_items=(4, 2, 0), size=32)
+    tiny = {"channels": [8, 8], "attention_levels": [False, True], "num_head_channels": 8, "norm_num_groups": 8}
+    run(config_file=_configs("transfer_diffusion", "train.json", "multi_gpu_train.json"), bundle_root=str(tmp_path),
+        dataset_dir=str(data), image_size=32, epochs=1, batch_size=2, num_workers=0, val_interval=1,
+        sample_interval=1, sample_grid_size=2, num_inference_steps=2, **tiny)  # fmt: skip
+    assert (tmp_path / "models" / "last.pt").is_file() and (tmp_path / "models" / "model.pt").is_file()
+
+
+def test_recokd_multi_gpu_config_trains_teacher_student_and_baseline(one_process_group, tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", num_items=(2, 1, 1), size=16, ndim=3)
+    tiny = {"dataset_dir": str(data), "filters": [8, 16, 32], "deep_supr_num": 1, "ds_weights": [0.5],
+            "patch_size": [16, 16, 16], "intensity_range": [0.0, 1.0], "batches_per_epoch": 2, "val_interval": 1,
+            "num_workers": 0, "epochs": 1}  # fmt: skip
+    teacher = tmp_path / "teacher"
+    run(config_file=_configs("recokd_student", "train.json", "teacher.json", "multi_gpu_train.json"),
+        bundle_root=str(teacher), **tiny)  # fmt: skip
+    run(config_file=_configs("recokd_student", "train.json", "multi_gpu_train.json"), bundle_root=str(tmp_path / "kd"),
+        teacher_ckpt=str(teacher / "models" / "model.pt"), **tiny)  # fmt: skip
+    run(config_file=_configs("recokd_student", "train.json", "student_only.json", "multi_gpu_train.json"),
+        bundle_root=str(tmp_path / "scratch"), **tiny)  # fmt: skip
+    for name in ("teacher", "kd", "scratch"):
+        assert (tmp_path / name / "models" / "last.pt").is_file(), name

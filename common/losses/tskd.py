@@ -3,7 +3,7 @@
 The teacher's image embedding E_t is 256×(s/16)² for SAM's ViTs, like the student's neck output, but LiteMedSAM's
 TinyViT gives 256×(s/4)². The feature term then average-pools E_t to the student's grid (area averaging: each student
 token is matched with the mean of the teacher pixels it covers); a teacher grid coarser than the student's is upsampled
-bilinearly instead. Both terms are plain means over every element.
+bilinearly instead. Both terms are plain means over every element; the teacher side is detached.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ class FeatureAlignmentLoss(nn.Module):
                 f"student embedding {tuple(student.shape)} and teacher embedding {tuple(teacher.shape)} differ in "
                 "batch or channels: set the student's embed_dim to the teacher's embedding width."
             )
-        return F.mse_loss(student.float(), match_grid(teacher.float(), student.shape[2:]))
+        return F.mse_loss(student, match_grid(teacher.detach().to(student.dtype), student.shape[2:]))
 
 
 class PredictionAlignmentLoss(nn.Module):
@@ -43,4 +43,4 @@ class PredictionAlignmentLoss(nn.Module):
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if student.shape[2:] != teacher.shape[2:]:
             student = F.interpolate(student, size=teacher.shape[2:], mode="bilinear", align_corners=False)
-        return F.mse_loss(student.float(), teacher.float())
+        return F.mse_loss(student, teacher.detach().to(student.dtype))

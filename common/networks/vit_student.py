@@ -10,6 +10,7 @@ blocks' hidden states for the distillation losses.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from monai.networks.nets import ViT
@@ -149,6 +150,12 @@ def build_vit_student(
         raise InputError(f"student preset must be one of {sorted(presets)}, got '{preset}'.")
     model = ViTStudent(num_classes, image_size, in_channels, **presets[preset])
     if pretrained:
+        if not Path(pretrained).is_file():
+            raise CheckpointError(
+                f"pre-trained student not found: '{pretrained}'. Run configs/pretrain.json first (same --bundle_root), "
+                "point --pretrained at its models/pretrain/pretrained.pt, or pass --pretrained '$None' to train from "
+                "scratch."
+            )
         state = read_state_dict(pretrained, "pre-trained student")
         problems = mismatch_report(model.state_dict(), state)
         if problems:

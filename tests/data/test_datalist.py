@@ -68,3 +68,28 @@ def test_unreadable_image_and_non_finite_values_are_named(dataset):
     nib.save(nib.Nifti1Image(values, np.eye(4)), image)
     with pytest.raises(DataError, match=r"image '.*image_000.nii.gz' has 2 NaN or Inf values"):
         load_datalist(dataset, "training", num_classes=3)
+
+
+def test_label_budget_spreads_evenly_or_takes_the_first(tmp_path):
+    ds = make_synthetic_dataset(tmp_path / "budget", num_items=(9, 1, 1), size=16)
+    every = load_datalist(ds, "training", check=False)
+    even = load_datalist(ds, "training", check=False, limit=3, limit_mode="even")
+    assert even == [every[0], every[4], every[8]]  # both ends and the middle of the (ordered) slab
+    assert load_datalist(ds, "training", check=False, limit=3) == every[:3]
+    assert load_datalist(ds, "training", check=False, limit=20, limit_mode="even") == every
+    with pytest.raises(DataError, match="limit_mode must be"):
+        load_datalist(ds, "training", check=False, limit=2, limit_mode="random")
+    with pytest.raises(DataError, match="must be >= 1"):
+        load_datalist(ds, "training", check=False, limit=0)
+
+
+def test_unlabelled_images_of_several_folders_are_joined_without_labels(tmp_path):
+    from common.data.datalist import load_images
+
+    a = make_synthetic_dataset(tmp_path / "a", num_items=(2, 1, 1), size=16)
+    b = make_synthetic_dataset(tmp_path / "b", num_items=(3, 1, 1), size=16)
+    items = load_images([a, b])
+    assert [set(i) for i in items] == [{"image"}] * 5
+    assert [i["image"] for i in items] == [i["image"] for i in load_datalist(a) + load_datalist(b)]
+    with pytest.raises(DataError, match="transfer_dirs is empty"):
+        load_images([])

@@ -158,3 +158,60 @@ def test_cached_logits_that_do_not_fit_the_student_are_named(task, tmp_path):
     with pytest.raises(InputError, match=r"cached teacher logits .* of shape \(2, 4, 64, 64\) do not fit the "
                        r"student's logits \(2, 3, 64, 64\)"):  # fmt: skip
         trainer.run()
+
+
+def _tskd_stage(epochs=1, gt_weight=0.0):
+    from common.losses.tskd import FeatureAlignmentLoss, PredictionAlignmentLoss
+
+    terms = {
+        "feat": LossTerm(FeatureAlignmentLoss(), 1.0, ["student_embedding", "teacher_embedding"]),
+        "pred": LossTerm(PredictionAlignmentLoss(), 1.0, ["student_logits", "teacher_logits"]),
+    }
+    return Stage("pretrain", epochs, terms, gt_weight=gt_weight)
+
+
+def _unlabelled(items):
+    return [{"image": item["image"]} for item in items]
+
+
+def test_unlabelled_pretraining_from_cached_embeddings_matches_online(task, tmp_path):
+    from monai.transforms import Compose, EnsureTyped, LoadImaged
+
+    from common.networks.vit_student import build_vit_student
+
+    teacher = build_teacher("tiny", image_size=64).eval()  # embedding 32 x 4 x 4, like the test student's neck
+    images = _unlabelled(task)
+    cache = fill_teacher_cache(tmp_path / "cache", teacher, images, image_size=64, outputs=("logits", "embedding"))
+    load = [LoadImaged(keys="image", ensure_channel_first=True), EnsureTyped(keys="image")]
+    results, outputs = [], []
+    for t, extra in ((teacher, []), (None, [LoadTeacherCached(cache, outputs=("logits", "embedding"))])):
+        data = [Compose(load + extra)(item) for item in images]
+        torch.manual_seed(0)
+        student = build_vit_student(3, image_size=64, preset="test")
+        trainer = _trainer(student, t, DataLoader(data, batch_size=2), [_tskd_stage(2)])
+        trainer.run()
+        results.append(student.state_dict())
+        outputs.append(loss_terms(trainer.state.output))
+    assert set(outputs[0]) == {"loss", "feat", "pred"}  # no ground-truth term on unlabelled data
+    assert outputs[0] == pytest.approx(outputs[1], rel=1e-4)
+    for k, v in results[0].items():
+        assert torch.allclose(v, results[1][k], rtol=1e-4, atol=1e-5), k
+    torch.manual_seed(0)
+    initial = build_vit_student(3, image_size=64, preset="test").state_dict()
+    for name in ("head.weight", "neck.0.weight", "vit.blocks.0.attn.qkv.weight"):  # both terms reach what they train
+        assert not torch.equal(results[0][name], initial[name]), name
+
+
+def test_unlabelled_batches_need_a_stage_without_ground_truth(task):
+    from monai.transforms import Compose, EnsureTyped, LoadImaged
+
+    from common.errors import InputError
+    from common.networks.vit_student import build_vit_student
+
+    teacher = build_teacher("tiny", image_size=64).eval()
+    data = [Compose([LoadImaged(keys="image", ensure_channel_first=True), EnsureTyped(keys="image")])(i)
+            for i in _unlabelled(task)]  # fmt: skip
+    student = build_vit_student(3, image_size=64, preset="test")
+    trainer = _trainer(student, teacher, DataLoader(data, batch_size=2), [_tskd_stage(1, gt_weight=1.0)])
+    with pytest.raises(InputError, match="the batch has no 'label' but stage 'pretrain' needs one"):
+        trainer.run()

@@ -1,13 +1,15 @@
-"""What the table scripts share: a MONAI config-file list for the command line, and a logged, timed bundle run."""
+"""What the table scripts share: a MONAI config-file list for the command line, a logged, timed bundle run, and the
+mean ± std cell of a table."""
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-__all__ = ["config_list", "run_logged"]
+__all__ = ["config_list", "run_logged", "mean_std"]
 
 
 def config_list(paths: list[Path]) -> str:
@@ -23,3 +25,15 @@ def run_logged(cmd: list[str], log: Path, env: dict, cwd: Path) -> float:
     if code:
         sys.exit(f"error: {' '.join(cmd[:6])} ... failed (exit {code}); see {log}")
     return time.perf_counter() - start
+
+
+def mean_std(values: list[float | None], digits: int = 2, scale: float = 1.0) -> str:
+    """``mean ± std`` (population std) of the defined values times ``scale``; one value alone; ``–`` for none."""
+    values = [v * scale for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "–"
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.{digits}f}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
+    return f"{mean:.{digits}f} ± {std:.{digits}f}"

@@ -23,7 +23,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scripts.bundle_runs import config_list, run_logged  # noqa: E402
+from scripts.bundle_runs import config_list  # noqa: E402
+from scripts.bundle_runs import mean_std as _ms  # noqa: E402
+from scripts.bundle_runs import run_logged
 
 CONFIGS = REPO / "bundles" / "iad_student" / "configs"
 TEACHER_CONFIGS = REPO / "bundles" / "teacher_lora" / "configs"
@@ -108,17 +110,6 @@ def size_and_latency(args: argparse.Namespace) -> dict:
                     times.append(time.perf_counter() - start)
         out[name] = {"params": sum(p.numel() for p in net.parameters()), "latency_ms": 1000 * sorted(times)[10]}
     return out
-
-
-def _ms(values: list[float], digits: int = 2, scale: float = 1.0) -> str:
-    values = [v * scale for v in values if v is not None and not math.isnan(v)]
-    if not values:
-        return "–"
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{mean:.{digits}f}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-    return f"{mean:.{digits}f} ± {std:.{digits}f}"
 
 
 def write_table(results: dict[str, list[dict]], sizes: dict, args: argparse.Namespace) -> str:

@@ -391,37 +391,57 @@ def run_checks(
     """Run MONAI's checks on the exported folder in a fresh process (cwd = the folder, ``common`` not importable)
     and list what they exported in ``large_files.yml``; returns the report, raises :class:`ExportError` with the
     failing check's message."""
-    out = Path(out_dir).resolve()
-    schema = _schema_for(_read_json(out / "configs" / "metadata.json"))
+    job = {"out": str(out_dir), "overrides": dict(overrides or {}), "onnx": onnx, "n": n}
+    return check_bundles([job], weights_url=weights_url, timeout=timeout)[0]
+
+
+def check_bundles(
+    jobs: list[Mapping[str, Any]], weights_url: str | None = None, timeout: float = 600
+) -> list[dict[str, Any]]:
+    """:func:`run_checks` for several exported folders in one process (one start-up of torch and MONAI): each job
+    is ``{"out", "overrides", "onnx", "n"}``; the folders are checked one after the other, as MONAI Label loads
+    bundles (``scripts`` unloaded between them)."""
+    full = []
+    for job in jobs:
+        out = Path(job["out"]).resolve()
+        schema = _schema_for(_read_json(out / "configs" / "metadata.json"))
+        full.append({"overrides": {}, "onnx": False, "n": 1, **job, "out": str(out), "schema": str(schema)})
     with tempfile.TemporaryDirectory() as tmp:
-        report_path = Path(tmp) / "report.json"
-        job = {"schema": str(schema), "overrides": dict(overrides or {}), "onnx": onnx, "n": n}
-        job_path = Path(tmp) / "job.json"
-        job_path.write_text(json.dumps(job))
+        report_path, job_path = Path(tmp) / "report.json", Path(tmp) / "jobs.json"
+        job_path.write_text(json.dumps(full))
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         cmd = [sys.executable, str(Path(__file__).resolve()), "--_checks", str(job_path), str(report_path)]
-        proc = subprocess.run(cmd, cwd=out, env=env, capture_output=True, text=True, timeout=timeout)
-        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
-    if proc.returncode != 0 or report.get("error"):
-        message = report.get("error") or proc.stderr.strip().splitlines()[-1:] or ["no output"]
-        raise ExportError(f"checks of the exported bundle '{out}' failed: {message}\n{proc.stderr[-4000:]}")
-    write_large_files(out, {e["path"]: e for e in _large_files(out)}, weights_url)
-    return report
+        proc = subprocess.run(cmd, cwd=tmp, env=env, capture_output=True, text=True, timeout=timeout)
+        reports = json.loads(report_path.read_text()) if report_path.is_file() else []
+    if len(reports) != len(full):
+        raise ExportError(f"the check process failed before reporting:\n{proc.stderr[-4000:]}")
+    for job, report in zip(full, reports):
+        if report.get("error"):
+            raise ExportError(f"checks of the exported bundle '{job['out']}' failed at {report['error']}")
+        write_large_files(Path(job["out"]), {e["path"]: e for e in _large_files(Path(job["out"]))}, weights_url)
+    return reports
 
 
 def _child_checks(job_path: str, report_path: str) -> int:
-    """The check process: runs in the exported folder with only it (not the repository) on ``sys.path``."""
-    job = json.loads(Path(job_path).read_text())
-    sys.path[:] = [os.getcwd()] + [p for p in sys.path[1:] if Path(p).resolve() != REPO and p not in ("", ".")]
-    for name in [m for m in sys.modules if m == PACKAGE or m.startswith(PACKAGE + ".") or m.startswith(COMMON)]:
-        del sys.modules[name]
-    report: dict[str, Any] = {"checks": []}
-    try:
-        _checks(Path.cwd(), job, report)
-    except Exception as err:  # the report carries the failing check's message
-        report["error"] = f"{type(err).__name__}: {err}"
-    Path(report_path).write_text(json.dumps(report, indent=2))
-    return 1 if "error" in report else 0
+    """The check process: for each job, works in the exported folder with only it (not the repository) on
+    ``sys.path`` and the previous bundle's ``scripts`` unloaded."""
+    jobs = json.loads(Path(job_path).read_text())
+    base = [p for p in sys.path[1:] if p not in ("", ".") and Path(p).resolve() not in (REPO, REPO / PACKAGE)]
+    reports = []
+    for job in jobs:
+        os.chdir(job["out"])
+        sys.path[:] = [job["out"], *base]
+        for name in [m for m in sys.modules if m.split(".")[0] in (PACKAGE, COMMON)]:
+            del sys.modules[name]
+        report: dict[str, Any] = {"bundle": job["out"], "checks": []}
+        try:
+            _checks(Path(job["out"]), job, report)
+            report.pop("step", None)
+        except Exception as err:  # the report carries the failing check's message
+            report["error"] = f"{report.get('step', 'start')}: {type(err).__name__}: {err}"
+        reports.append(report)
+    Path(report_path).write_text(json.dumps(reports, indent=2))
+    return 1 if any("error" in r for r in reports) else 0
 
 
 def _checks(out: Path, job: dict, report: dict) -> None:
@@ -433,12 +453,14 @@ def _checks(out: Path, job: dict, report: dict) -> None:
 
     checks = report["checks"]
     overrides, n = job["overrides"], int(job["n"])
+    report["step"] = "importing scripts/"
     for info in pkgutil.walk_packages([str(out / PACKAGE)], prefix=PACKAGE + "."):
         importlib.import_module(info.name)
     importlib.import_module(PACKAGE)
     checks.append("every module of scripts/ imports without the repository")
 
     meta, infer = str(out / "configs" / "metadata.json"), str(out / "configs" / "inference.json")
+    report["step"] = "verify_metadata"
     with tempfile.TemporaryDirectory() as tmp:  # verify_metadata "downloads" to filepath: an existing file is used
         local = Path(tmp) / Path(job["schema"]).name
         shutil.copy2(job["schema"], local)
@@ -451,9 +473,11 @@ def _checks(out: Path, job: dict, report: dict) -> None:
         report["skipped"] = "network checks: the network does not map an 'image' input to a 'pred' output"
         return
     common_kw = {"meta_file": meta, "config_file": infer, "bundle_root": str(out), **overrides}
+    report["step"] = "verify_net_in_out"
     verify_net_in_out(net_id="network_def", device="cpu", n=n, any=n, **common_kw)
     checks.append("verify_net_in_out on inference.json")
 
+    report["step"] = "loading the checkpoint"
     parser = ConfigParser()
     parser.read_config(infer)
     parser.read_meta(meta)
@@ -473,6 +497,7 @@ def _checks(out: Path, job: dict, report: dict) -> None:
         expected = net(x)
 
     ts_path = out / "models" / "model.ts"
+    report["step"] = "ckpt_export (TorchScript)"
     try:
         ckpt_export(net_id="network_def", filepath=str(ts_path), ckpt_file=str(ckpt), **common_kw)
         how = "scripted"
@@ -492,6 +517,7 @@ def _checks(out: Path, job: dict, report: dict) -> None:
         import onnxruntime
 
         onnx_path = out / "models" / "model.onnx"
+        report["step"] = "onnx_export"
         onnx_export(net_id="network_def", filepath=str(onnx_path), ckpt_file=str(ckpt), input_shape=list(shape),
                     use_trace=True, converter_kwargs={"verify": False}, **common_kw)  # fmt: skip
         session = onnxruntime.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])

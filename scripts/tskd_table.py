@@ -28,7 +28,7 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -59,6 +59,7 @@ class Job:
     done: Path
     evaluate: bool = False
     needs: list[str] = field(default_factory=list)
+    group: int = 0  # 0: the main table, 1: the transfer-set comparison
 
     @property
     def root(self) -> Path:
@@ -76,11 +77,12 @@ def plan(args: argparse.Namespace, extra: dict[str, object]) -> list[Job]:
     base = {"dataset_dir": args.dataset_dir, "num_workers": 0, **extra}
     teacher = {"teacher_cache_dir": str(out / "teacher_cache")}
     jobs: dict[str, Job] = {}
-    rows = [(m, b) for m in ("scratch", "takd", "tskd") for b in args.budgets]
-    rows += [(m, args.transfer_budget) for m in ("tskd_real", "tskd_both") if args.transfer_budget is not None]
-    for method, budget in rows:
+    rows = [(m, b, args.seeds, 0) for m in ("scratch", "tskd", "takd") for b in args.budgets]
+    if args.transfer_budget is not None:
+        rows += [(m, args.transfer_budget, args.transfer_seeds or args.seeds, 1) for m in ("tskd_real", "tskd_both")]
+    for method, budget, seeds, group in rows:
         variant = METHODS[method][1]
-        for seed in args.seeds:
+        for seed in seeds:
             pretrained = None
             if variant is not None:
                 ps = seed if seed in args.pretrain_seeds else args.pretrain_seeds[0]
@@ -107,8 +109,21 @@ def plan(args: argparse.Namespace, extra: dict[str, object]) -> list[Job]:
             ov["num_labels"] = "$None" if budget == "all" else int(budget)
             ov["pretrained"] = pretrained if pretrained else "$None"
             needs = [f"pretrain_{variant}_s{ps}"] if variant else []
-            jobs[name] = Job(name, ["train.json"], ov, out / name / "eval" / "metrics_summary.json", True, needs)
-    return sorted(jobs.values(), key=lambda j: bool(j.needs))  # pre-training first, table order otherwise
+            jobs[name] = Job(name, ["train.json"], ov, out / name / "eval" / "metrics_summary.json", True, needs, group)
+    return order_jobs(list(jobs.values()))
+
+
+def order_jobs(jobs: list[Job]) -> list[Job]:
+    """The main table first (its pre-trainings, then its runs), then the transfer-set comparison likewise: a run
+    then only waits for a pre-training started before it (see :func:`run_all`), and the main table is finished first
+    when time is short."""
+    ordered: list[Job] = []
+    by_name = {j.name: j for j in jobs}
+    for group in sorted({j.group for j in jobs}):
+        runs = [j for j in jobs if j.group == group and not j.name.startswith("pretrain_")]
+        ordered += [by_name[n] for n in dict.fromkeys(n for j in runs for n in j.needs) if by_name[n] not in ordered]
+        ordered += runs
+    return ordered
 
 
 def run_job(job: Job, env: dict) -> float:
@@ -121,9 +136,12 @@ def run_job(job: Job, env: dict) -> float:
     base = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
     cli = _cli(job.overrides)
     configs = [CONFIGS / c for c in job.configs]
-    print(f"[run ] {job.name} -> {job.root}", flush=True)
-    seconds = run_logged(base + [config_list(configs)] + cli, job.root / "train.log", env, REPO)
-    timing.write_text(json.dumps({"train_seconds": seconds}))
+    if timing.is_file():  # trained, not evaluated (the table was stopped in between)
+        seconds = json.loads(timing.read_text())["train_seconds"]
+    else:
+        print(f"[run ] {job.name} -> {job.root}", flush=True)
+        seconds = run_logged(base + [config_list(configs)] + cli, job.root / "train.log", env, REPO)
+        timing.write_text(json.dumps({"train_seconds": seconds}))
     if job.evaluate:
         eval_cli = _cli({k: v for k, v in job.overrides.items() if k != "pretrained"})  # evaluate.json loads model.pt
         run_logged(base + [config_list(configs + [CONFIGS / "evaluate.json"])] + eval_cli, job.root / "evaluate.log",
@@ -133,10 +151,20 @@ def run_job(job: Job, env: dict) -> float:
 
 
 def run_all(jobs: list[Job], args: argparse.Namespace, env: dict) -> None:
-    """Pre-training runs, then fine-tuning runs, ``--parallel`` at a time."""
+    """Every run, ``--parallel`` at a time, in :func:`order_jobs` order; a fine-tuning run waits for its
+    pre-training, which (first in, first out) has already started, so the runs never deadlock."""
+    futures: dict[str, Future] = {}
+
+    def run(job: Job) -> float:
+        for need in job.needs:
+            futures[need].result()  # raises if the pre-training failed
+        return run_job(job, env)
+
     with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        for phase in ([j for j in jobs if not j.needs], [j for j in jobs if j.needs]):
-            list(pool.map(lambda j: run_job(j, env), phase))
+        for job in jobs:
+            futures[job.name] = pool.submit(run, job)
+        for future in futures.values():
+            future.result()
 
 
 def size_and_latency(args: argparse.Namespace, extra: dict[str, object]) -> dict:
@@ -223,6 +251,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--base_teacher_ckpt", default=None, help="task-agnostic teacher (default: task_agnostic.json's)")
     p.add_argument("--budgets", nargs="+", type=_budget, default=["20", "all"])
     p.add_argument("--transfer_budget", type=_budget, default="20", help="budget of the transfer-set comparison")
+    p.add_argument("--transfer_seeds", nargs="+", type=int, default=None, help="its seeds (default: --seeds)")
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--pretrain_seeds", nargs="+", type=int, default=[0])
     p.add_argument("--pretrain_iterations", type=int, default=600)

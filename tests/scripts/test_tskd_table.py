@@ -20,7 +20,7 @@ spec.loader.exec_module(tskd_table)
 def _args(tmp_path: Path, **kw) -> argparse.Namespace:
     base = dict(out=str(tmp_path), dataset_dir="D", synthetic_dir="S", teacher_ckpt="T", base_teacher_ckpt=None,
                 budgets=["20", "all"], transfer_budget="20", seeds=[0, 1, 2], pretrain_seeds=[0],
-                pretrain_iterations=600, finetune_iterations=300, threads=1)  # fmt: skip
+                pretrain_iterations=600, finetune_iterations=300, threads=1, transfer_seeds=None)  # fmt: skip
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -45,8 +45,12 @@ def test_plan_shares_one_pretraining_per_variant_across_seeds_and_budgets(tmp_pa
     )
     assert jobs["takd_20_s0"].overrides["student_preset"] == "test"  # unknown options reach every run
     assert "tskd_real_all_s0" not in jobs  # the transfer-set comparison is at one budget
-    order = [bool(j.needs) for j in tskd_table.plan(_args(tmp_path), {})]
-    assert order == sorted(order)  # every run that needs a pre-training comes after all pre-trainings
+    order = [j.name for j in tskd_table.plan(_args(tmp_path), {})]
+    assert order[:2] == ["pretrain_tskd_s0", "pretrain_takd_s0"]  # the main table's pre-trainings start first
+    for i, name in enumerate(order):  # a run only ever waits for a pre-training queued before it
+        assert all(order.index(n) < i for n in jobs[name].needs), name
+    first_transfer = order.index("pretrain_tskd_real_s0")
+    assert all(not n.startswith(("tskd_real", "tskd_both")) for n in order[:first_transfer])  # main table first
 
 
 def test_plan_with_a_pretraining_per_seed(tmp_path):
@@ -61,6 +65,12 @@ def test_finished_runs_are_skipped(tmp_path):
     job.done.write_text("{}")
     (job.root / "train_time.json").write_text(json.dumps({"train_seconds": 42.0}))
     assert tskd_table.run_job(job, env={}) == 42.0  # no subprocess: it would fail with an empty environment
+
+
+def test_transfer_rows_may_use_fewer_seeds(tmp_path):
+    names = {j.name for j in tskd_table.plan(_args(tmp_path, transfer_seeds=[0]), {})}
+    assert {"tskd_real_20_s0", "tskd_both_20_s0"} <= names and "tskd_real_20_s1" not in names
+    assert "tskd_20_s2" in names
 
 
 def _summary(liver: float, tumour: float) -> dict:

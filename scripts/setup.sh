@@ -9,12 +9,14 @@ if [ ! -x .venv/bin/python ]; then
     "$PYTHON" -m venv .venv
 fi
 stamp=.venv/.requirements.sha256
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$(cat requirements.txt requirements-monailabel.txt | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     echo "[setup] installing requirements.txt (torch 2.13.0 first, so nothing pulls a CUDA build)"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q "torch==2.13.0"
     .venv/bin/python -m pip install -q -r requirements.txt
+    # monailabel without its dependencies (they would pull torchvision and a CUDA torch): see the file
+    .venv/bin/python -m pip install -q --no-deps -r requirements-monailabel.txt
     echo "$want" > "$stamp"
 else
     echo "[setup] .venv is up to date with requirements.txt"

@@ -72,6 +72,7 @@ OUTPUT_HANDLERS = frozenset(
         "SegmentationReport",
         "SampleGrid",
         "TeacherExport",
+        "FinalModel",
     }
 )
 

@@ -164,3 +164,22 @@ def test_recokd_multi_gpu_config_trains_teacher_student_and_baseline(one_process
         bundle_root=str(tmp_path / "scratch"), **tiny)  # fmt: skip
     for name in ("teacher", "kd", "scratch"):
         assert (tmp_path / name / "models" / "last.pt").is_file(), name
+
+
+@pytest.mark.skipif(not (REPO / "bundles" / "tskd_student").is_dir(), reason="no tskd_student bundle")
+def test_tskd_multi_gpu_configs_pretrain_and_finetune(one_process_group, tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", num_items=(4, 2, 2), size=64)
+    transfer = make_synthetic_dataset(tmp_path / "transfer", num_items=(4, 1, 1), size=64, seed=1)
+    base = tmp_path / "tiny_sam.pth"
+    torch.manual_seed(0)
+    torch.save(build_teacher("tiny", num_classes=3, lora_rank=0).state_dict(), base)
+    o = {"dataset_dir": str(data), "image_size": 64, "batch_size": 2, "num_workers": 0, "student_preset": "test"}
+    teacher = {"teacher_arch": "tiny", "teacher_ckpt": str(base), "teacher_image_size": 64,
+               "teacher_cache_dir": str(tmp_path / "teacher_cache")}  # fmt: skip
+    bundle = tmp_path / "tskd"
+    run(config_file=_configs("tskd_student", "pretrain.json", "multi_gpu_pretrain.json"), bundle_root=str(bundle),
+        transfer_dirs=[str(transfer)], iterations=2, **o, **teacher)  # fmt: skip
+    assert (bundle / "models" / "pretrain" / "pretrained.pt").is_file()
+    run(config_file=_configs("tskd_student", "train.json", "multi_gpu_train.json"), bundle_root=str(bundle),
+        iterations=2, num_labels=4, **o)  # fmt: skip
+    assert (bundle / "models" / "last.pt").is_file() and (bundle / "models" / "model.pt").is_file()

@@ -41,6 +41,9 @@ RUNS = {
     "transfer_diffusion train": (["transfer_diffusion/configs/train.json"], "train#trainer", "train#handlers"),
     "transfer_diffusion evaluate": (["transfer_diffusion/configs/evaluate.json"], "evaluator", "handlers"),
 }  # fmt: skip
+if (BUNDLES / "tskd_student").is_dir():
+    RUNS["tskd_student train"] = (["tskd_student/configs/train.json"], "train#trainer", "train#handlers")
+    RUNS["tskd_student pretrain"] = (["tskd_student/configs/pretrain.json"], "train#trainer", "train#handlers")
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))

@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import timedelta
 from typing import Any
 
+import ignite.distributed as idist
 import torch
 import torch.distributed as dist
 from ignite.engine import Engine
@@ -133,10 +134,12 @@ def init_process_group(backend: str | None = None, timeout_s: float = 1800.0) ->
 
 
 def destroy_process_group() -> bool:
-    """Leave the process group (after a barrier, so rank 0 finishes writing before the others exit)."""
+    """Leave the process group (after a barrier, so rank 0 finishes writing before the others exit), and tell
+    ignite's ``idist`` (which MONAI's handlers ask for the rank) that the process is serial again."""
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+    idist.sync()
     return True
 
 

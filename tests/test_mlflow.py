@@ -40,10 +40,11 @@ RUNS = {
                                 "evaluator", "handlers"),
     "transfer_diffusion train": (["transfer_diffusion/configs/train.json"], "train#trainer", "train#handlers"),
     "transfer_diffusion evaluate": (["transfer_diffusion/configs/evaluate.json"], "evaluator", "handlers"),
+    "tskd_student train": (["tskd_student/configs/train.json"], "train#trainer", "train#handlers"),
+    "tskd_student pretrain": (["tskd_student/configs/pretrain.json"], "train#trainer", "train#handlers"),
+    "tskd_student evaluate": (["tskd_student/configs/train.json", "tskd_student/configs/evaluate.json"], "evaluator",
+                              "handlers"),
 }  # fmt: skip
-if (BUNDLES / "tskd_student").is_dir():
-    RUNS["tskd_student train"] = (["tskd_student/configs/train.json"], "train#trainer", "train#handlers")
-    RUNS["tskd_student pretrain"] = (["tskd_student/configs/pretrain.json"], "train#trainer", "train#handlers")
 
 
 @pytest.mark.parametrize("name", sorted(RUNS))

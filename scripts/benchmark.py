@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import statistics
 import sys
 import tempfile
@@ -243,7 +244,8 @@ def cached_overhead(steps: list[dict]) -> float | None:
 
 def write_markdown(nets: list[dict], steps: list[dict], info: dict, args: argparse.Namespace, seconds: float) -> str:
     lines = ["# Benchmarks", ""]
-    lines += ["Measured with `python scripts/benchmark.py " + " ".join(args.argv) + f"` ({seconds / 60:.1f} min).", ""]
+    command = shlex.join(["python", "scripts/benchmark.py", *args.argv])
+    lines += [f"Measured with `{command}` ({seconds / 60:.1f} min).", ""]
     lines += [
         f"Machine: {info['cpu']}, {info['logical_cpus']} logical CPUs, {info['torch_threads']} torch thread(s)"
         + (f", GPU {info['gpu']}" if "gpu" in info else ", no GPU")
@@ -285,7 +287,8 @@ def write_markdown(nets: list[dict], steps: list[dict], info: dict, args: argpar
             "`bundles/tskd_student` (`train.json` from scratch; `pretrain.json`: feature + prediction terms, "
             "logits and image embedding from the cache), ViT-Tiny, batch 8. A step is one iteration: fetching the "
             "batch (augmentation, collation) + forward, losses, backward, optimiser step; median over "
-            f"{args.rounds} interleaved rounds after a warm-up round (online KD: {args.online_rounds} rounds).",
+            f"{args.rounds} interleaved rounds after a warm-up round (online KD: the first "
+            f"{args.online_rounds} of them).",
             "",
             "| step | batch | steps timed | ms / step | of which data | × the student alone |",
             "|---|---|---|---|---|---|",

@@ -207,6 +207,10 @@ class Step:
         return self
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def _bundle(configs: list[Path], python: str) -> list[str]:
     return [python, "-m", "monai.bundle", "run", "--config_file", config_list(configs)]
 
@@ -242,7 +246,8 @@ def plan_steps(profile: Profile, layout: Layout, python: str = sys.executable, t
     steps.append(
         Step(
             "teacher",
-            f"fine-tune the teacher (LiteMedSAM + LoRA, {p.teacher_epochs} epochs at {p.teacher_image_size} px)",
+            f"fine-tune the teacher (LiteMedSAM + LoRA, {_count(p.teacher_epochs, 'epoch')} at "
+            f"{p.teacher_image_size} px)",
             _bundle([TEACHER / "train.json"], python)
             + ["--bundle_root", str(L.teacher), "--dataset_dir", str(L.dataset), *workers, "--seed", str(seed)]
             + ["--teacher_arch", "litemedsam", "--teacher_ckpt", str(L.base_ckpt)]
@@ -259,7 +264,7 @@ def plan_steps(profile: Profile, layout: Layout, python: str = sys.executable, t
     steps.append(
         Step(
             "diffusion",
-            f"train the diffusion model ({p.diffusion_epochs} epochs)",
+            f"train the diffusion model ({_count(p.diffusion_epochs, 'epoch')})",
             _bundle([DIFFUSION / "train.json"], python)
             + ["--bundle_root", str(L.diffusion), "--dataset_dir", str(L.dataset), *workers, "--seed", str(seed)]
             + ["--epochs", str(p.diffusion_epochs), "--batch_size", str(p.diffusion_batch_size)]

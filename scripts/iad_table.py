@@ -17,7 +17,6 @@ import json
 import math
 import os
 import sys
-import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,24 +91,17 @@ def size_and_latency(args: argparse.Namespace) -> dict:
 
     from common.networks.sam_teacher import build_teacher
     from common.networks.students import build_student
+    from common.profiling import count_parameters, latency
 
     torch.set_num_threads(args.threads)
     nets = {
         "student": (build_student(3).eval(), 128),
         "teacher": (build_teacher(args.teacher_arch, image_size=args.teacher_image_size, lora_rank=0).eval(), 128),
     }
-    out = {}
-    for name, (net, size) in nets.items():
-        x = torch.rand(1, 1, size, size)
-        times = []
-        with torch.inference_mode():
-            for i in range(23):
-                start = time.perf_counter()
-                net(x)
-                if i >= 3:
-                    times.append(time.perf_counter() - start)
-        out[name] = {"params": sum(p.numel() for p in net.parameters()), "latency_ms": 1000 * sorted(times)[10]}
-    return out
+    return {
+        name: {"params": count_parameters(net), "latency_ms": 1000 * latency(net, torch.rand(1, 1, size, size))}
+        for name, (net, size) in nets.items()
+    }
 
 
 def write_table(results: dict[str, list[dict]], sizes: dict, args: argparse.Namespace) -> str:

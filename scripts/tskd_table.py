@@ -172,18 +172,13 @@ def size_and_latency(args: argparse.Namespace, extra: dict[str, object]) -> dict
     import torch
 
     from common.networks.vit_student import build_vit_student
+    from common.profiling import count_parameters, latency
 
     torch.set_num_threads(args.threads)
     size = int(extra.get("image_size", 128))
-    net = build_vit_student(3, image_size=size, preset=str(extra.get("student_preset", "tiny"))).eval()
-    x, times = torch.rand(1, 1, size, size), []
-    with torch.inference_mode():
-        for i in range(23):
-            start = time.perf_counter()
-            net(x)
-            if i >= 3:
-                times.append(time.perf_counter() - start)
-    return {"params": sum(p.numel() for p in net.parameters()), "latency_ms": 1000 * sorted(times)[10], "size": size}
+    net = build_vit_student(3, image_size=size, preset=str(extra.get("student_preset", "tiny")))
+    seconds = latency(net, torch.rand(1, 1, size, size))
+    return {"params": count_parameters(net), "latency_ms": 1000 * seconds, "size": size}
 
 
 def collect(args: argparse.Namespace) -> dict[tuple[str, str], list[dict]]:

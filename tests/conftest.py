@@ -24,3 +24,36 @@ def sample_data_dir() -> Path:
     except SampleDataDownloadError as err:
         pytest.skip(f"sample data unavailable (download failed): {err}")
     return out
+
+
+def tiny_distillation_task(
+    root: Path, num_items: tuple[int, int, int] = (4, 2, 2), adapter: bool = True, **overrides
+) -> dict[str, object]:
+    """Command-line overrides of a student bundle for a tiny synthetic 64-px task in ``root``: the data, a random
+    ``tiny`` SAM checkpoint (seed 0) as the teacher and, with ``adapter``, a LoRA adapter on it; ``overrides`` win."""
+    import torch
+
+    from common.data.synthetic import make_synthetic_dataset
+    from common.networks.lora import save_adapter
+    from common.networks.sam_teacher import build_teacher
+
+    root = Path(root)
+    data = make_synthetic_dataset(root / "data", num_items=num_items, size=64)
+    base = root / "tiny_sam.pth"
+    torch.manual_seed(0)
+    torch.save(build_teacher("tiny", num_classes=3, lora_rank=0).state_dict(), base)
+    out: dict[str, object] = {
+        "dataset_dir": str(data),
+        "teacher_arch": "tiny",
+        "teacher_ckpt": str(base),
+        "teacher_image_size": 64,
+        "teacher_cache_dir": str(root / "teacher_cache"),
+        "image_size": 64,
+        "batch_size": 2,
+        "num_workers": 0,
+    }
+    if adapter:
+        out["teacher_adapter"] = str(
+            save_adapter(build_teacher("tiny", checkpoint=base, num_classes=3), root / "adapter.pt")
+        )
+    return {**out, **overrides}

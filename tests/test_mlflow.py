@@ -8,17 +8,14 @@ import copy
 from pathlib import Path
 
 import pytest
-import torch
 from mlflow.tracking import MlflowClient
 from monai.bundle import ConfigParser, run
 from monai.bundle.utils import DEFAULT_MLFLOW_SETTINGS
 from monai.bundle.workflows import ConfigWorkflow
 from monai.handlers import MLFlowHandler
 
-from common.data.synthetic import make_synthetic_dataset
-from common.networks.lora import save_adapter
-from common.networks.sam_teacher import build_teacher
 from common.tracking import ReportEngine, numeric_items
+from tests.conftest import tiny_distillation_task
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLES = REPO / "bundles"
@@ -73,15 +70,7 @@ def _runs(uri: str) -> list:
 @pytest.fixture(scope="module")
 def iad_task(tmp_path_factory):
     root = tmp_path_factory.mktemp("mlflow")
-    data = make_synthetic_dataset(root / "data", num_items=(4, 2, 2), size=64)
-    base = root / "tiny_sam.pth"
-    torch.manual_seed(0)
-    torch.save(build_teacher("tiny", num_classes=3, lora_rank=0).state_dict(), base)
-    adapter = save_adapter(build_teacher("tiny", checkpoint=base, num_classes=3), root / "adapter.pt")
-    overrides = {"dataset_dir": str(data), "teacher_arch": "tiny", "teacher_ckpt": str(base),
-                 "teacher_adapter": str(adapter), "teacher_image_size": 64, "teacher_cache_dir": str(root / "cache"),
-                 "image_size": 64, "batch_size": 2, "num_workers": 0}  # fmt: skip
-    return root, overrides
+    return root, tiny_distillation_task(root, teacher_cache_dir=str(root / "cache"))
 
 
 def test_iad_training_and_evaluation_log_terms_metrics_and_config(iad_task):

@@ -9,9 +9,7 @@ import pytest
 import torch
 from monai.bundle import run, verify_net_in_out
 
-from common.data.synthetic import make_synthetic_dataset
-from common.networks.lora import save_adapter
-from common.networks.sam_teacher import build_teacher
+from tests.conftest import tiny_distillation_task
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "iad_student" / "configs"
@@ -21,23 +19,7 @@ CONFIGS = REPO / "bundles" / "iad_student" / "configs"
 def setup(tmp_path_factory):
     """Synthetic 64-px task, a random tiny SAM 'checkpoint' and a LoRA adapter on it."""
     root = tmp_path_factory.mktemp("iad")
-    data = make_synthetic_dataset(root / "data", num_items=(4, 2, 2), size=64)
-    base = root / "tiny_sam.pth"
-    torch.manual_seed(0)
-    torch.save(build_teacher("tiny", num_classes=3, lora_rank=0).state_dict(), base)
-    adapter = save_adapter(build_teacher("tiny", checkpoint=base, num_classes=3), root / "adapter.pt")
-    overrides = {
-        "dataset_dir": str(data),
-        "teacher_arch": "tiny",
-        "teacher_ckpt": str(base),
-        "teacher_adapter": str(adapter),
-        "teacher_image_size": 64,
-        "teacher_cache_dir": str(root / "teacher_cache"),
-        "image_size": 64,
-        "batch_size": 2,
-        "num_workers": 0,
-    }
-    return root, overrides
+    return root, tiny_distillation_task(root)
 
 
 def _cfg(*names: str) -> list[str]:

@@ -15,8 +15,8 @@ import torch
 from monai.bundle import run
 
 from common.data.synthetic import make_synthetic_dataset
-from common.networks.lora import save_adapter
 from common.networks.sam_teacher import build_teacher
+from tests.conftest import tiny_distillation_task
 
 REPO = Path(__file__).resolve().parents[2]
 IAD = REPO / "bundles" / "iad_student" / "configs"
@@ -32,25 +32,7 @@ def _free_port() -> int:
 def iad_task(tmp_path_factory):
     """Synthetic 64-px task (4 training images), a random tiny SAM checkpoint and a LoRA adapter."""
     root = tmp_path_factory.mktemp("mgpu")
-    data = make_synthetic_dataset(root / "data", num_items=(4, 2, 2), size=64)
-    base = root / "tiny_sam.pth"
-    torch.manual_seed(0)
-    torch.save(build_teacher("tiny", num_classes=3, lora_rank=0).state_dict(), base)
-    adapter = save_adapter(build_teacher("tiny", checkpoint=base, num_classes=3), root / "adapter.pt")
-    overrides = {
-        "dataset_dir": str(data),
-        "teacher_arch": "tiny",
-        "teacher_ckpt": str(base),
-        "teacher_adapter": str(adapter),
-        "teacher_image_size": 64,
-        "teacher_cache_dir": str(root / "teacher_cache"),
-        "image_size": 64,
-        "batch_size": 1,
-        "num_workers": 0,
-        "epochs": 2,
-        "kis_epochs": 1,
-    }
-    return root, overrides
+    return root, tiny_distillation_task(root, batch_size=1, epochs=2, kis_epochs=1)
 
 
 def _module_keys(state: dict) -> dict[str, tuple[int, ...]]:

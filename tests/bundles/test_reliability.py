@@ -21,9 +21,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from common.data.synthetic import make_synthetic_dataset
-from common.networks.lora import save_adapter
-from common.networks.sam_teacher import build_teacher
+from tests.conftest import tiny_distillation_task
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
@@ -35,24 +33,7 @@ SAVED = re.compile(r"Saved \S+last\.pt \(epoch (?P<epoch>\d+), iteration (?P<ite
 def task(tmp_path_factory) -> dict[str, object]:
     """Command-line overrides for a tiny synthetic IAD task (a random tiny SAM and its adapter)."""
     root = tmp_path_factory.mktemp("reliability")
-    data = make_synthetic_dataset(root / "data", num_items=(2 * ITERS_PER_EPOCH, 2, 1), size=64)
-    torch.manual_seed(0)
-    torch.save(build_teacher("tiny", num_classes=3, lora_rank=0).state_dict(), root / "tiny_sam.pth")
-    adapter = save_adapter(build_teacher("tiny", checkpoint=root / "tiny_sam.pth", num_classes=3), root / "adapter.pt")
-    return {
-        "dataset_dir": data,
-        "image_size": 64,
-        "batch_size": 2,
-        "num_workers": 0,
-        "epochs": 2,
-        "kis_epochs": 1,
-        "ckpt_interval": 1,
-        "teacher_arch": "tiny",
-        "teacher_ckpt": root / "tiny_sam.pth",
-        "teacher_adapter": adapter,
-        "teacher_image_size": 64,
-        "teacher_cache_dir": root / "teacher_cache",
-    }
+    return tiny_distillation_task(root, (2 * ITERS_PER_EPOCH, 2, 1), epochs=2, kis_epochs=1, ckpt_interval=1)
 
 
 def _cmd(task: dict, bundle_root: Path, **extra) -> list[str]:

@@ -13,7 +13,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from common.data.synthetic import make_synthetic_dataset
 from common.errors import CheckpointError
-from common.networks.sam_teacher import build_teacher
+from tests.conftest import tiny_distillation_task
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "tskd_student" / "configs"
@@ -23,18 +23,15 @@ CONFIGS = REPO / "bundles" / "tskd_student" / "configs"
 def setup(tmp_path_factory):
     """A labelled 64-px task, an unlabelled 'transfer set' folder (images only) and a random tiny SAM teacher."""
     root = tmp_path_factory.mktemp("tskd")
-    data = make_synthetic_dataset(root / "data", num_items=(5, 2, 2), size=64)
+    o = tiny_distillation_task(root, (5, 2, 2), adapter=False, student_preset="test")
     transfer = make_synthetic_dataset(root / "transfer", num_items=(4, 1, 1), size=64, seed=1)
     datalist = json.loads((transfer / "datalist.json").read_text())  # drop the labels: a real transfer set has none
     (transfer / "datalist.json").write_text(
         json.dumps({"training": [{"image": i["image"]} for i in datalist["training"]]})
     )
-    base = root / "tiny_sam.pth"
-    torch.manual_seed(0)
-    torch.save(build_teacher("tiny", num_classes=3, lora_rank=0).state_dict(), base)
-    common = {"dataset_dir": str(data), "image_size": 64, "batch_size": 2, "num_workers": 0, "student_preset": "test"}
-    teacher = {"teacher_arch": "tiny", "teacher_ckpt": str(base), "teacher_image_size": 64,
-               "teacher_cache_dir": str(root / "teacher_cache")}  # fmt: skip
+    teacher_keys = ("teacher_arch", "teacher_ckpt", "teacher_image_size", "teacher_cache_dir")
+    teacher = {k: o.pop(k) for k in teacher_keys}
+    common = o
     return root, transfer, common, teacher
 
 

@@ -11,7 +11,7 @@ import torch
 
 from common.errors import CheckpointError
 
-__all__ = ["atomic_save", "read_checkpoint", "read_state_dict", "mismatch_report"]
+__all__ = ["atomic_save", "read_checkpoint", "read_state_dict", "mismatch_report", "load_checked"]
 
 
 def atomic_save(obj: object, path: str | os.PathLike[str]) -> Path:
@@ -73,3 +73,13 @@ def mismatch_report(
         f"{len(missing)} missing keys {missing[:3]}, {len(unexpected)} unexpected keys {unexpected[:3]}, "
         f"{len(mismatched)} shape mismatches {mismatched[:3]}"
     )
+
+
+def load_checked(network: torch.nn.Module, path: str | os.PathLike[str], what: str, misfit: str) -> None:
+    """Load the state dict at ``path`` strictly into ``network``; one that does not fit is a :class:`CheckpointError`
+    ``"<misfit>: <what does not fit>"``, so the caller's message says which network was expected."""
+    state = read_state_dict(path, what)
+    report = mismatch_report(network.state_dict(), state)
+    if report:
+        raise CheckpointError(f"{misfit}: {report}")
+    network.load_state_dict(state)

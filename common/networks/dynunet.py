@@ -24,8 +24,8 @@ import torch
 from monai.networks.nets import DynUNet
 from torch import nn
 
-from common.checkpoints import mismatch_report, read_state_dict
-from common.errors import CheckpointError, InputError
+from common.checkpoints import load_checked
+from common.errors import InputError
 
 __all__ = ["DynUNetSegmenter", "divided_filters", "build_dynunet", "count_parameters"]
 
@@ -150,12 +150,9 @@ def build_dynunet(
         deep_supr_num=deep_supr_num,
     )
     if checkpoint is not None:
-        state = read_state_dict(checkpoint, "DynUNet checkpoint")
-        report = mismatch_report(network.state_dict(), state)
-        if report:
-            raise CheckpointError(
-                f"'{checkpoint}' does not fit a DynUNet with filters {network.filters} and {num_classes} classes "
-                f"(width_divisor {width_divisor}): {report}"
-            )
-        network.load_state_dict(state)
+        misfit = (
+            f"'{checkpoint}' does not fit a DynUNet with filters {network.filters} and {num_classes} classes "
+            f"(width_divisor {width_divisor})"
+        )
+        load_checked(network, checkpoint, "DynUNet checkpoint", misfit)
     return network

@@ -16,26 +16,11 @@ import torch
 from monai.networks.nets import ViT
 from torch import nn
 
-from common.checkpoints import mismatch_report, read_state_dict
+from common.checkpoints import load_checked
 from common.errors import CheckpointError, InputError
+from common.networks.tiny_vit import LayerNorm2d
 
-__all__ = ["LayerNorm2d", "ViTStudent", "build_vit_student"]
-
-
-class LayerNorm2d(nn.Module):
-    """LayerNorm over the channel axis of a (B, C, H, W) map (SAM's ``LayerNorm2d``)."""
-
-    def __init__(self, channels: int, eps: float = 1e-6) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(channels))
-        self.bias = nn.Parameter(torch.zeros(channels))
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(1, keepdim=True)
-        var = (x - mean).pow(2).mean(1, keepdim=True)
-        x = (x - mean) / torch.sqrt(var + self.eps)
-        return self.weight[:, None, None] * x + self.bias[:, None, None]
+__all__ = ["ViTStudent", "build_vit_student"]
 
 
 def _up_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -156,12 +141,11 @@ def build_vit_student(
                 "point --pretrained at its models/pretrain/pretrained.pt, or pass --pretrained '$None' to train from "
                 "scratch."
             )
-        state = read_state_dict(pretrained, "pre-trained student")
-        problems = mismatch_report(model.state_dict(), state)
-        if problems:
-            raise CheckpointError(
-                f"pre-trained student '{pretrained}' does not fit this student (preset '{preset}', image_size "
-                f"{image_size}, {num_classes} classes): {problems}"
-            )
-        model.load_state_dict(state)
+        load_checked(
+            model,
+            pretrained,
+            "pre-trained student",
+            f"pre-trained student '{pretrained}' does not fit this student (preset '{preset}', image_size {image_size}, "
+            f"{num_classes} classes)",
+        )
     return model

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from common.errors import CheckpointError, InputError
-from common.networks.vit_student import LayerNorm2d, build_vit_student
+from common.networks.tiny_vit import LayerNorm2d
+from common.networks.vit_student import build_vit_student
 
 
 def test_forward_features_logits_embedding_and_hidden_states() -> None:

@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scripts.bundle_runs import config_list, run_logged  # noqa: E402
+from scripts.bundle_runs import cli_args, config_list, parse_overrides, run_logged  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "recokd_student" / "configs"
 DEFAULT_DATASET = "data/lits_liver_3d"
@@ -39,34 +39,6 @@ ROWS = {
     "scratch": ("Student from scratch", ["student_only.json"]),
     "recokd": ("Student + ReCo-KD", []),
 }
-
-
-def parse_overrides(tokens: list[str]) -> dict[str, object]:
-    """``["--key", "value", ...]`` → {key: value}, values read as JSON when they parse (lists, numbers, booleans)."""
-    out: dict[str, object] = {}
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        if not token.startswith("--"):
-            raise SystemExit(f"error: unexpected argument {token!r} (bundle overrides are --key value pairs)")
-        key, _, value = token[2:].partition("=")
-        if not _:
-            if i + 1 >= len(tokens):
-                raise SystemExit(f"error: {token} needs a value")
-            value, i = tokens[i + 1], i + 1
-        try:
-            out[key] = json.loads(value)
-        except json.JSONDecodeError:
-            out[key] = value
-        i += 1
-    return out
-
-
-def _cli(overrides: dict[str, object]) -> list[str]:
-    args: list[str] = []
-    for key, value in overrides.items():
-        args += [f"--{key}", value if isinstance(value, str) else json.dumps(value)]
-    return args
 
 
 def row_overrides(row: str, args: argparse.Namespace, extra: dict[str, object]) -> dict[str, object]:
@@ -98,7 +70,7 @@ def run_row(row: str, args: argparse.Namespace, extra: dict[str, object], env: d
     root.mkdir(parents=True, exist_ok=True)
     configs = [CONFIGS / "train.json"] + [CONFIGS / v for v in ROWS[row][1]]
     base = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
-    cli = _cli(row_overrides(row, args, extra))
+    cli = cli_args(row_overrides(row, args, extra))
     print(f"[train] {row} -> {root}", flush=True)
     seconds = run_logged(base + [config_list(configs)] + cli, root / "train.log", env, REPO)
     timing.write_text(json.dumps({"train_seconds": seconds}))

@@ -35,8 +35,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scripts.bundle_runs import config_list, mean_std, run_logged  # noqa: E402
-from scripts.recokd_table import _cli, parse_overrides  # noqa: E402
+from scripts.bundle_runs import cli_args, config_list, mean_std, parse_overrides, run_logged  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "tskd_student" / "configs"
 METHODS = {  # method -> (label, pre-training variant or None)
@@ -134,7 +133,7 @@ def run_job(job: Job, env: dict) -> float:
         return json.loads(timing.read_text())["train_seconds"] if timing.is_file() else 0.0
     job.root.mkdir(parents=True, exist_ok=True)
     base = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
-    cli = _cli(job.overrides)
+    cli = cli_args(job.overrides)
     configs = [CONFIGS / c for c in job.configs]
     if timing.is_file():  # trained, not evaluated (the table was stopped in between)
         seconds = json.loads(timing.read_text())["train_seconds"]
@@ -143,7 +142,9 @@ def run_job(job: Job, env: dict) -> float:
         seconds = run_logged(base + [config_list(configs)] + cli, job.root / "train.log", env, REPO)
         timing.write_text(json.dumps({"train_seconds": seconds}))
     if job.evaluate:
-        eval_cli = _cli({k: v for k, v in job.overrides.items() if k != "pretrained"})  # evaluate.json loads model.pt
+        eval_cli = cli_args(
+            {k: v for k, v in job.overrides.items() if k != "pretrained"}
+        )  # evaluate.json loads model.pt
         run_logged(base + [config_list(configs + [CONFIGS / "evaluate.json"])] + eval_cli, job.root / "evaluate.log",
                    env, REPO)  # fmt: skip
     print(f"[done] {job.name}: {seconds / 60:.1f} min", flush=True)

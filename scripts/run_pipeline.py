@@ -110,9 +110,21 @@ PROFILES = {
         tskd_task_agnostic=False,
         overlay_slices=3,
     ),
-    # teacher at 128 px (4x cheaper than LiteMedSAM's native 256, so 3x more updates in the same time) with lr 2e-3
-    # and a short warm-up for these short CPU runs (bundles/teacher_lora/docs/README.md); the other bundles' defaults
-    "default": Profile(name="default", teacher_epochs=20),
+    # the real CPU run, sized for about 2 h on 2 cores with --jobs 2: the teacher as documented (128 px, 4x cheaper
+    # than LiteMedSAM's native 256, so 3x more updates in the same time, lr 2e-3, short warm-up:
+    # bundles/teacher_lora/docs/README.md), the IAD rows at their documented 30 epochs; fewer diffusion epochs
+    # (150, not 200), transfer images (300, not 500) and seeds (2) than the bundles' documented runs, and neither the
+    # transfer-set quality report nor the task-agnostic TS-KD baseline (both in `full`)
+    "default": Profile(
+        name="default",
+        teacher_epochs=20,
+        diffusion_epochs=150,
+        transfer_samples=300,
+        transfer_quality=False,
+        iad_rows=("student_only", "kd", "iad"),
+        seeds=(0, 1),
+        tskd_task_agnostic=False,
+    ),
     "full": Profile(
         name="full",
         teacher_epochs=100,
@@ -192,7 +204,8 @@ class Layout:
 @dataclass
 class Step:
     """One command of the pipeline. It is done when every path of ``outputs`` exists; the runner writes ``marker``
-    (one of the outputs) after the command succeeds, so a step killed half-way is not taken for done."""
+    (one of the outputs) after the command succeeds, so a step killed half-way is not taken for done. It starts once
+    the steps it ``needs`` are done."""
 
     key: str
     title: str
@@ -200,6 +213,7 @@ class Step:
     outputs: list[Path]
     marker: Path | None = None
     timing_file: Path | None = None  # also written on success as {"train_seconds": s} (read by iad_table.py)
+    needs: tuple[str, ...] = ()  # keys of the steps whose outputs this one reads
     done: bool = field(default=False)
 
     def check(self) -> Step:
@@ -259,6 +273,7 @@ def plan_steps(profile: Profile, layout: Layout, python: str = sys.executable, t
             [merged, L.teacher / "models" / "adapter.pt", marker("teacher")],
             marker("teacher"),
             L.teacher / "train_time.json",
+            needs=("data",),
         )
     )
     steps.append(
@@ -271,6 +286,7 @@ def plan_steps(profile: Profile, layout: Layout, python: str = sys.executable, t
             + ["--sample_grid_size", str(p.sample_grid_size), "--num_inference_steps", str(p.ddim_steps)],
             [L.diffusion / "models" / "model.pt", marker("diffusion")],
             marker("diffusion"),
+            needs=("data",),
         )
     )
     steps.append(
@@ -282,6 +298,7 @@ def plan_steps(profile: Profile, layout: Layout, python: str = sys.executable, t
             + ["--num_inference_steps", str(p.ddim_steps), "--seed", str(seed)],
             [L.transfer_set / "datalist.json", marker("transfer_set")],
             marker("transfer_set"),
+            needs=("diffusion",),
         )
     )
     if p.transfer_quality:
@@ -294,6 +311,7 @@ def plan_steps(profile: Profile, layout: Layout, python: str = sys.executable, t
                 + ["--teacher_ckpt", str(L.base_ckpt)],
                 [L.transfer_set / "quality.json", marker("transfer_quality")],
                 marker("transfer_quality"),
+                needs=("transfer_set",),
             )
         )
     steps.append(
@@ -308,6 +326,7 @@ def plan_steps(profile: Profile, layout: Layout, python: str = sys.executable, t
             + ["--rows", *p.iad_rows, "--seeds", *map(str, p.seeds)],
             [L.iad / "table.json", marker("iad")],
             marker("iad"),
+            needs=("teacher",),
         )
     )
     student = ["--dataset_dir", str(L.dataset), "--student_preset", p.tskd_preset, *workers, "--seed", str(seed)]
@@ -328,6 +347,7 @@ def plan_steps(profile: Profile, layout: Layout, python: str = sys.executable, t
                     + ["--iterations", str(p.tskd_pretrain_iterations)],
                     [root / "models" / "pretrain" / "pretrained.pt", marker(f"{variant}_pretrain")],
                     marker(f"{variant}_pretrain"),
+                    needs=("transfer_set",) if agnostic else ("teacher", "transfer_set"),
                 )
             )
         labels = [] if p.tskd_num_labels is None else ["--num_labels", str(p.tskd_num_labels)]
@@ -340,6 +360,7 @@ def plan_steps(profile: Profile, layout: Layout, python: str = sys.executable, t
                 + ([] if pretrained else ["--pretrained", "$None"]),
                 [root / "models" / "model.pt", marker(f"{variant}_finetune")],
                 marker(f"{variant}_finetune"),
+                needs=(f"{variant}_pretrain",) if pretrained else ("data",),
             )
         )
         steps.append(
@@ -349,12 +370,16 @@ def plan_steps(profile: Profile, layout: Layout, python: str = sys.executable, t
                 _bundle([TSKD / "train.json", TSKD / "evaluate.json"], python) + ["--bundle_root", str(root), *student],
                 [root / "eval" / "metrics_summary.json", marker(f"{variant}_evaluate")],
                 marker(f"{variant}_evaluate"),
+                needs=(f"{variant}_finetune",),
             )
         )
     for method in overlay_methods(p):
         out = L.predictions / method
         common = ["--output_dir", str(out), "--dataset_dir", str(L.dataset), "--num_workers", "0"]
         common += _limit("datalist", p.overlay_slices)
+        needs = (
+            ("teacher",) if method == "teacher" else (f"{method}_finetune",) if method in TSKD_VARIANTS else ("iad",)
+        )
         if method == "teacher":
             cmd = _bundle([TEACHER / "inference.json"], python) + ["--bundle_root", str(L.teacher)]
             cmd += ["--teacher_arch", "litemedsam", "--image_size", str(p.teacher_image_size)]
@@ -365,7 +390,7 @@ def plan_steps(profile: Profile, layout: Layout, python: str = sys.executable, t
             cmd = _bundle([IAD / "inference.json"], python) + ["--bundle_root", str(L.iad / method / f"seed{seed}")]
         steps.append(
             Step(f"predict_{method}", f"predict {p.overlay_slices} test slices: {method}", cmd + common,
-                 [marker(f"predict_{method}")], marker(f"predict_{method}"))
+                 [marker(f"predict_{method}")], marker(f"predict_{method}"), needs=needs)
         )  # fmt: skip
     return [s.check() for s in steps]
 
@@ -385,54 +410,112 @@ def _last_progress(log: Path, limit: int = 4096) -> str:
     return parts[-1] if parts else ""
 
 
-def run_step(step: Step, log: Path, env: dict, index: str) -> float:
-    """Run one step with its output in ``log``, echoing its progress; write its marker; return its seconds."""
+def _echo_progress(running: dict, tty: bool, last_echo: float) -> float:
+    """Show the running steps' latest progress: one rewritten line on a terminal, else a line a minute each."""
+    now = time.perf_counter()
+    if tty:
+        width = shutil.get_terminal_size((100, 20)).columns
+        line = " | ".join(f"{key}: {_last_progress(run.log)}" for key, run in running.items())
+        print(f"\r      {line}"[: width - 1].ljust(width - 1), end="", flush=True)
+        return now
+    if now - last_echo < 60:
+        return last_echo
+    for key, run in running.items():
+        print(f"      ... {key} {(now - run.start) / 60:.1f} min: {_last_progress(run.log)[:140]}", flush=True)
+    return now
+
+
+@dataclass
+class _Running:
+    """A step whose command is running."""
+
+    step: Step
+    index: str
+    log: Path
+    proc: subprocess.Popen
+    handle: object
+    start: float
+
+
+def _start(step: Step, log: Path, env: dict | None, index: str) -> _Running:
     log.parent.mkdir(parents=True, exist_ok=True)
     print(f"{index} run   {step.title}  (log: {log})", flush=True)
-    tty = sys.stdout.isatty()
-    start = last_echo = time.perf_counter()
-    with open(log, "w") as f:
-        proc = subprocess.Popen(step.cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=env)
-        while True:
-            try:
-                proc.wait(timeout=1.0)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            now = time.perf_counter()
-            fragment = _last_progress(log)
-            if tty:
-                width = shutil.get_terminal_size((100, 20)).columns
-                print(f"\r      {fragment}"[: width - 1].ljust(width - 1), end="", flush=True)
-            elif now - last_echo >= 60:
-                print(f"      ... {(now - start) / 60:.1f} min: {fragment[:140]}", flush=True)
-                last_echo = now
-    if tty:
-        print("\r" + " " * (shutil.get_terminal_size((100, 20)).columns - 1) + "\r", end="", flush=True)
-    seconds = time.perf_counter() - start
-    if proc.returncode:
-        sys.exit(f"error: step '{step.key}' ({step.title}) failed (exit {proc.returncode}); the end of {log} says why")
-    record = {"seconds": seconds, "command": step.cmd, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
-    if step.marker:
-        step.marker.parent.mkdir(parents=True, exist_ok=True)
-        step.marker.write_text(json.dumps(record, indent=1))
-    if step.timing_file:
-        step.timing_file.write_text(json.dumps({"train_seconds": seconds}))
-    print(f"{index} done  {step.key} in {seconds / 60:.1f} min", flush=True)
+    handle = open(log, "w")
+    proc = subprocess.Popen(step.cmd, stdout=handle, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    return _Running(step, index, log, proc, handle, time.perf_counter())
+
+
+def _finish(run: _Running) -> float:
+    """Record a step that succeeded: its marker (seconds, command, time) and timing file; return its seconds."""
+    seconds = time.perf_counter() - run.start
+    record = {"seconds": seconds, "command": run.step.cmd, "finished": time.strftime("%Y-%m-%d %H:%M:%S")}
+    if run.step.marker:
+        run.step.marker.parent.mkdir(parents=True, exist_ok=True)
+        run.step.marker.write_text(json.dumps(record, indent=1))
+    if run.step.timing_file:
+        run.step.timing_file.write_text(json.dumps({"train_seconds": seconds}))
+    print(f"{run.index} done  {run.step.key} in {seconds / 60:.1f} min", flush=True)
     return seconds
 
 
-def run_steps(steps: list[Step], layout: Layout, env: dict) -> dict[str, float]:
-    """Run what is not done, in order; return the seconds of each step run now."""
+def run_steps(steps: list[Step], layout: Layout, env: dict | None, jobs: int = 1) -> dict[str, float]:
+    """Run what is not done, up to ``jobs`` steps at once, each as soon as the steps it ``needs`` are done (in plan
+    order among the ready ones); return the seconds of each step run now. When a step fails no new step starts, the
+    running ones finish (their work is kept), then the pipeline stops naming the failed step's log."""
     todo = sum(not s.done for s in steps)
-    print(f"{len(steps)} steps: {len(steps) - todo} done already, {todo} to run", flush=True)
-    times: dict[str, float] = {}
-    for i, step in enumerate(steps, 1):
-        index = f"[{i:>2}/{len(steps)}]"
+    print(
+        f"{len(steps)} steps: {len(steps) - todo} done already, {todo} to run"
+        + (f", up to {jobs} at once" if jobs > 1 and todo > 1 else ""),
+        flush=True,
+    )
+    index = {s.key: f"[{i:>2}/{len(steps)}]" for i, s in enumerate(steps, 1)}
+    finished = {s.key for s in steps if s.done}
+    for step in steps:
         if step.done:
-            print(f"{index} skip  {step.title}: done", flush=True)
-            continue
-        times[step.key] = run_step(step, layout.logs / f"{step.key}.log", env, index)
+            print(f"{index[step.key]} skip  {step.title}: done", flush=True)
+    pending = [s for s in steps if not s.done]
+    known = {s.key for s in steps}
+    running: dict[str, _Running] = {}
+    times: dict[str, float] = {}
+    failed: list[str] = []
+    tty = sys.stdout.isatty()
+    last_echo = time.perf_counter()
+    try:
+        while pending or running:
+            while not failed and len(running) < jobs:
+                ready = [s for s in pending if all(n in finished or n not in known for n in s.needs)]
+                if not ready:
+                    break
+                step = ready[0]
+                pending.remove(step)
+                running[step.key] = _start(step, layout.logs / f"{step.key}.log", env, index[step.key])
+            if not running:
+                break  # only steps waiting on a failed one are left
+            time.sleep(0.2 if jobs == 1 else 1.0)
+            for key, run in list(running.items()):
+                if run.proc.poll() is None:
+                    continue
+                run.handle.close()
+                del running[key]
+                if tty:
+                    print("\r" + " " * (shutil.get_terminal_size((100, 20)).columns - 1) + "\r", end="", flush=True)
+                if run.proc.returncode:
+                    failed.append(
+                        f"step '{key}' ({run.step.title}) failed (exit {run.proc.returncode}); the end of {run.log} says why"
+                    )
+                    if running:
+                        print(f"{run.index} FAILED {key}; waiting for {', '.join(running)} to finish", flush=True)
+                    continue
+                times[key] = _finish(run)
+                finished.add(key)
+            if running:
+                last_echo = _echo_progress(running, tty, last_echo)
+    except KeyboardInterrupt:
+        for run in running.values():
+            run.proc.terminate()
+        raise
+    if failed:
+        sys.exit("error: " + "; ".join(failed))
     return times
 
 
@@ -697,13 +780,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--out", default=None, help="results folder (default: runs/<profile>)")
     p.add_argument("--data", default="data", help="sample data folder (prepared if missing)")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads per run (default: OMP_NUM_THREADS if set, else all cores)")  # fmt: skip
+                   help="torch CPU threads per run (default: OMP_NUM_THREADS if set, else the cores / --jobs)")  # fmt: skip
+    p.add_argument("--jobs", type=int, default=2,
+                   help="steps run at once when their inputs are ready (default 2: e.g. the teacher beside the "
+                   "diffusion model)")  # fmt: skip
     p.add_argument("--plan", action="store_true", help="print what would run and what is done; run nothing")
     p.add_argument("--report_only", action="store_true", help="write the report from what exists; run nothing")
     args = p.parse_args(argv)
     profile = PROFILES[args.profile]
     layout = Layout(Path(args.out or f"runs/{args.profile}").resolve(), Path(args.data).resolve())
-    threads = args.threads or int(os.environ.get("OMP_NUM_THREADS") or os.cpu_count() or 1)
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be >= 1, got {args.jobs}.")
+    threads = args.threads or int(os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // args.jobs))
     if threads < 1:
         raise InputError(f"--threads must be >= 1, got {threads}.")
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
@@ -715,7 +803,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     start = time.perf_counter()
     if not args.report_only:
-        run_steps(steps, layout, env)
+        run_steps(steps, layout, env, args.jobs)
     wall = time.perf_counter() - start
     print("writing the report ...", flush=True)
     report = write_report(profile, layout, threads, wall if not args.report_only else None)

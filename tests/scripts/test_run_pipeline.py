@@ -52,8 +52,8 @@ def test_a_fresh_run_plans_every_step_in_order_and_skips_only_the_prepared_data(
     assert [s.key for s in steps if s.done] == ["data"]
 
 
-def test_the_default_profile_adds_the_transfer_set_quality_and_the_task_agnostic_baseline(layout):
-    keys = _keys(run_pipeline.plan_steps(run_pipeline.PROFILES["default"], layout, "py"))
+def test_the_full_profile_adds_the_transfer_set_quality_and_the_task_agnostic_baseline(layout):
+    keys = _keys(run_pipeline.plan_steps(run_pipeline.PROFILES["full"], layout, "py"))
     assert "transfer_quality" in keys and keys.index("transfer_quality") == keys.index("transfer_set") + 1
     assert {"tskd_agnostic_pretrain", "tskd_agnostic_finetune", "tskd_agnostic_evaluate"} <= set(keys)
     assert "predict_kis_only" not in keys and "predict_kd" in keys  # the KIS-only ablation is not overlaid
@@ -98,7 +98,7 @@ def test_the_commands_are_bundle_runs_with_the_profile_settings(layout):
     predict = steps["predict_iad"].cmd
     assert predict[predict.index("--bundle_root") + 1] == str(L.iad / "iad" / "seed0")
     assert predict[predict.index("--datalist#limit") + 1] == "2"
-    agnostic = {s.key: s for s in run_pipeline.plan_steps(run_pipeline.PROFILES["default"], L, "py")}
+    agnostic = {s.key: s for s in run_pipeline.plan_steps(run_pipeline.PROFILES["full"], L, "py")}
     cmd = agnostic["tskd_agnostic_pretrain"].cmd
     assert "task_agnostic.json" in cmd[5] and cmd[cmd.index("--teacher_ckpt") + 1] == str(L.base_ckpt)
 
@@ -129,6 +129,43 @@ def test_a_failing_step_stops_the_pipeline_naming_its_log_and_leaves_no_marker(t
     with pytest.raises(SystemExit, match=r"step 'bad' .* failed \(exit 3\).*bad\.log"):
         run_pipeline.run_steps([_step(tmp_path, "bad", "raise SystemExit(3)")], layout, env=None)
     assert not (tmp_path / "steps" / "bad.json").exists()
+
+
+def test_parallel_steps_start_when_what_they_need_is_done_and_a_failure_keeps_the_others_work(tmp_path):
+    layout = run_pipeline.Layout(tmp_path, tmp_path)
+    log = tmp_path / "order"
+    append = lambda name: f"open(r'{log}', 'a').write('{name} ')"  # noqa: E731
+    first = _step(tmp_path, "first", append("first"))
+    # "second" needs "first": it must find first's output when it starts; "other" needs nothing
+    second = _step(
+        tmp_path, "second", f"assert pathlib.Path(r'{tmp_path / 'first.out'}').exists(); " + append("second")
+    )
+    second.needs = ("first",)
+    other = _step(tmp_path, "other", append("other"))
+    times = run_pipeline.run_steps([first, second, other], layout, env=None, jobs=2)
+    assert set(times) == {"first", "second", "other"}
+    order = log.read_text().split()
+    assert order.index("first") < order.index("second")
+    # a failure: no new step starts, the running one finishes and keeps its marker, the dependent one never runs
+    slow = _step(tmp_path, "slow", "import time; time.sleep(1.5)")
+    bad = _step(tmp_path, "bad", "raise SystemExit(3)")
+    after = _step(tmp_path, "after", "")
+    after.needs = ("bad",)
+    with pytest.raises(SystemExit, match=r"step 'bad' .* failed \(exit 3\)"):
+        run_pipeline.run_steps([slow, bad, after], layout, env=None, jobs=2)
+    assert (tmp_path / "steps" / "slow.json").is_file()
+    assert not (tmp_path / "steps" / "bad.json").exists() and not (tmp_path / "after.out").exists()
+
+
+def test_every_step_needs_only_earlier_steps(layout):
+    for profile in (TINY, run_pipeline.PROFILES["full"]):
+        seen = set()
+        for step in run_pipeline.plan_steps(profile, layout, "py"):
+            assert set(step.needs) <= seen, step.key
+            seen.add(step.key)
+    steps = {s.key: s for s in run_pipeline.plan_steps(run_pipeline.PROFILES["full"], layout, "py")}
+    assert steps["iad"].needs == ("teacher",) and set(steps["tskd_pretrain"].needs) == {"teacher", "transfer_set"}
+    assert steps["tskd_agnostic_pretrain"].needs == ("transfer_set",) and steps["predict_kd"].needs == ("iad",)
 
 
 def _summary(liver: float, tumour: float) -> dict:

@@ -110,8 +110,8 @@ PROFILES = {
         tskd_task_agnostic=False,
         overlay_slices=3,
     ),
-    # the real CPU run, sized for about 2 h on 2 cores with --jobs 2: the teacher as documented (128 px, 4x cheaper
-    # than LiteMedSAM's native 256, so 3x more updates in the same time, lr 2e-3, short warm-up:
+    # the real CPU run (77.5 min on 2 cores with --jobs 2, docs/results.md): the teacher as documented (128 px, 4x
+    # cheaper than LiteMedSAM's native 256, so 3x more updates in the same time, lr 2e-3, short warm-up:
     # bundles/teacher_lora/docs/README.md), the IAD rows at their documented 30 epochs; fewer diffusion epochs
     # (150, not 200), transfer images (300, not 500) and seeds (2) than the bundles' documented runs, and neither the
     # transfer-set quality report nor the task-agnostic TS-KD baseline (both in `full`)

@@ -595,7 +595,7 @@ NETWORK_NAMES = {"teacher": "LiteMedSAM + LoRA", "student": "EfficientNet-B1 U-N
 def results_table(rows: list[dict], sizes: dict[str, dict]) -> tuple[list[str], list[list[str]], list[dict]]:
     """(header, formatted rows, raw CSV records) of the results table: per-class Dice (%) and HD95 (mm) as mean ±
     std over seeds, parameters, MACs, latency and training time."""
-    from scripts.iad_table import _ms as mean_std  # the table scripts' mean ± std over seeds
+    from scripts.bundle_runs import mean_std  # the table scripts' mean ± std over seeds
 
     classes = list(rows[0]["runs"][0]["summary"]["classes"]) if rows else []
     head = ["method", "network", "params (M)", "MACs (G)", "latency (ms)", "seeds"]

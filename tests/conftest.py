@@ -26,6 +26,17 @@ def sample_data_dir() -> Path:
     return out
 
 
+def fake_metrics_summary(liver: float, tumour: float, cases: int = 3) -> dict:
+    """A ``metrics_summary.json`` as the evaluate configs write it (liver and tumour Dice; HD95 = 10 x Dice), for the
+    table and report tests."""
+    classes = {
+        name: {"dice_mean": d, "dice_std": 0.0, "hd95_mean": 10 * d, "hd95_std": 0.0, "cases_scored": cases,
+               "global_dice": d}
+        for name, d in (("liver", liver), ("tumour", tumour))
+    }  # fmt: skip
+    return {"num_cases": cases, "classes": classes, "mean_dice": (liver + tumour) / 2, "empty_mask_convention": "conv"}
+
+
 def tiny_distillation_task(
     root: Path, num_items: tuple[int, int, int] = (4, 2, 2), adapter: bool = True, **overrides
 ) -> dict[str, object]:

@@ -7,19 +7,12 @@ import importlib.util
 import json
 from pathlib import Path
 
+from tests.conftest import fake_metrics_summary
+
 REPO = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("iad_table", REPO / "scripts" / "iad_table.py")
 iad_table = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(iad_table)
-
-
-def _summary(liver: float, tumour: float) -> dict:
-    classes = {
-        name: {"dice_mean": d, "dice_std": 0.0, "hd95_mean": 10 * d, "hd95_std": 0.0, "cases_scored": 5,
-               "global_dice": d}
-        for name, d in (("liver", liver), ("tumour", tumour))
-    }  # fmt: skip
-    return {"classes": classes, "mean_dice": (liver + tumour) / 2, "empty_mask_convention": "conv"}
 
 
 def test_mean_and_std_over_seeds():
@@ -30,8 +23,8 @@ def test_mean_and_std_over_seeds():
 
 def test_write_table_rows_and_files(tmp_path):
     results = {
-        "student_only": [{"summary": _summary(0.8, 0.2), "train_seconds": 60}, {"summary": _summary(0.9, 0.4), "train_seconds": 120}],
-        "teacher": [{"summary": _summary(0.95, 0.5), "train_seconds": float("nan")}],
+        "student_only": [{"summary": fake_metrics_summary(0.8, 0.2), "train_seconds": 60}, {"summary": fake_metrics_summary(0.9, 0.4), "train_seconds": 120}],
+        "teacher": [{"summary": fake_metrics_summary(0.95, 0.5), "train_seconds": float("nan")}],
     }  # fmt: skip
     sizes = {"student": {"params": 7.87e6, "latency_ms": 12.0}, "teacher": {"params": 9.7e6, "latency_ms": 300.0}}
     args = argparse.Namespace(out=str(tmp_path), threads=2, teacher_arch="litemedsam", teacher_image_size=128)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from common.data.synthetic import make_synthetic_dataset
 from scripts import run_pipeline
+from tests.conftest import fake_metrics_summary
 
 TINY = dataclasses.replace(run_pipeline.PROFILES["smoke"], name="tiny", overlay_slices=2)
 
@@ -168,15 +169,6 @@ def test_every_step_needs_only_earlier_steps(layout):
     assert steps["tskd_agnostic_pretrain"].needs == ("transfer_set",) and steps["predict_kd"].needs == ("iad",)
 
 
-def _summary(liver: float, tumour: float) -> dict:
-    classes = {
-        name: {"dice_mean": d, "dice_std": 0.0, "hd95_mean": 10 * d, "hd95_std": 0.0, "cases_scored": 3,
-               "global_dice": d}
-        for name, d in (("liver", liver), ("tumour", tumour))
-    }  # fmt: skip
-    return {"num_cases": 3, "classes": classes, "mean_dice": (liver + tumour) / 2, "empty_mask_convention": "conv"}
-
-
 def _fake_finished_run(layout) -> None:
     """What a finished tiny run leaves on disk: the IAD table, TS-KD summaries, markers, events, predictions."""
     from torch.utils.tensorboard import SummaryWriter
@@ -184,15 +176,17 @@ def _fake_finished_run(layout) -> None:
     L = layout
     L.iad.mkdir(parents=True)
     results = {
-        "student_only": [{"summary": _summary(0.8, 0.2), "train_seconds": 60}, {"summary": _summary(0.9, 0.4), "train_seconds": 180}],
-        "iad": [{"summary": _summary(0.9, 0.5), "train_seconds": 120}],
-        "teacher": [{"summary": _summary(0.95, 0.6), "train_seconds": 600}],
+        "student_only": [{"summary": fake_metrics_summary(0.8, 0.2), "train_seconds": 60}, {"summary": fake_metrics_summary(0.9, 0.4), "train_seconds": 180}],
+        "iad": [{"summary": fake_metrics_summary(0.9, 0.5), "train_seconds": 120}],
+        "teacher": [{"summary": fake_metrics_summary(0.95, 0.6), "train_seconds": 600}],
     }  # fmt: skip
     sizes = {"student": {"params": 7.87e6, "latency_ms": 12.0}, "teacher": {"params": 9.7e6, "latency_ms": 300.0}}
     (L.iad / "table.json").write_text(json.dumps({"results": results, "sizes": sizes}))
     for variant, dice in (("vit_scratch", 0.5), ("tskd", 0.7)):
         (L.tskd(variant, 0) / "eval").mkdir(parents=True)
-        (L.tskd(variant, 0) / "eval" / "metrics_summary.json").write_text(json.dumps(_summary(dice, dice / 2)))
+        (L.tskd(variant, 0) / "eval" / "metrics_summary.json").write_text(
+            json.dumps(fake_metrics_summary(dice, dice / 2))
+        )
     _marker(L, "vit_scratch_finetune", 90)
     _marker(L, "tskd_pretrain", 60)
     _marker(L, "tskd_finetune", 90)

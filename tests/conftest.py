@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# The real public datasets (HC18, BraTS 2013, DRIVE) in their publishers' layouts; never copied into the repository.
+SHARED_DATASETS = Path(os.environ.get("SHARED_DATASETS", REPO_ROOT.parent / "shared" / "datasets"))
+
+
+@pytest.fixture(scope="session")
+def shared_datasets() -> Path:
+    """``../shared/datasets`` (or ``$SHARED_DATASETS``); skips with the reason when it is absent."""
+    if not SHARED_DATASETS.is_dir():
+        pytest.skip(f"real datasets not found at {SHARED_DATASETS} (set SHARED_DATASETS to their folder)")
+    return SHARED_DATASETS
 
 
 @pytest.fixture(scope="session")

@@ -359,7 +359,8 @@ class DriveReader(Reader):
             normalisation={"method": "range", "range": [0, 255]},
             url=self.url,
             licence=(
-                "DRIVE research-use terms: free for research, no redistribution (see https://drive.grand-challenge.org/)"
+                "DRIVE research-use terms: free for research, no redistribution "
+                "(see https://drive.grand-challenge.org/)"
             ),
             split_rule="official",
             extra={"roi_key": "roi"},
@@ -423,7 +424,11 @@ class BratsReader(Reader):
             normalisation={"method": "zscore", "range": list(ZSCORE_RANGE)},
             url=self.url,
             licence="CC BY-NC-SA 3.0 CH (BraTS; non-commercial, share-alike, attribution)",
-            extra={"licence_file": licence_files[0].name} if licence_files else {},
+            extra={
+                # the BraTS evaluation regions (scored beside the classes): whole tumour, tumour core, enhancing
+                "regions": {"whole tumour": [1, 2, 3, 4], "tumour core": [1, 3, 4], "enhancing tumour": [4]},
+                **({"licence_file": licence_files[0].name} if licence_files else {}),
+            },
         )
 
 
@@ -460,7 +465,8 @@ class DecathlonReader(Reader):
         is_ct = [c.upper() == "CT" for c in self.channel_names]
         if any(is_ct) and not all(is_ct):
             raise DataError(
-                f"'{path}' mixes CT and non-CT channels {self.channel_names}: not supported (one normalisation per dataset)."
+                f"'{path}' mixes CT and non-CT channels {self.channel_names}: not supported (one normalisation per "
+                "dataset)."
             )
         self.is_ct = all(is_ct)
         if not self.is_ct:
@@ -472,7 +478,8 @@ class DecathlonReader(Reader):
         ending = str(self.meta.get("file_ending", ".nii.gz"))
         if ending not in (".nii.gz", ".nii"):
             raise DataError(
-                f"'{path}' has file_ending {ending!r}: only NIfTI is read here (PNG/JPG sources: use the 'folder' format)."
+                f"'{path}' has file_ending {ending!r}: only NIfTI is read here (PNG / JPG sources: use the 'folder' "
+                "format)."
             )
         files = sorted(p for p in images.iterdir() if p.name.endswith(ending) and not p.name.startswith("."))
         refs = []
@@ -489,7 +496,8 @@ class DecathlonReader(Reader):
                 missing = [c for c in range(len(self.channel_names)) if c not in channel_files]
                 if missing:
                     raise DataError(
-                        f"case '{case}' in '{images}' lacks channel file(s) {[f'{case}_{c:04d}{ending}' for c in missing]} "
+                        f"case '{case}' in '{images}' lacks channel file(s) "
+                        f"{[f'{case}_{c:04d}{ending}' for c in missing]} "
                         f"(dataset.json names {len(self.channel_names)} channels)."
                     )
                 label = self._label_file(labels / f"{case}{ending}", channel_files[0])
@@ -639,7 +647,8 @@ class FolderReader(Reader):
             mask_values, is_palette, mask_size = _mask_values(mask)
             if mask_size != size:
                 raise DataError(
-                    f"mask '{mask}' is {mask_size[0]}x{mask_size[1]} px but image '{image}' is {size[0]}x{size[1]} px: they must have one size."
+                    f"mask '{mask}' is {mask_size[0]}x{mask_size[1]} px but image '{image}' is {size[0]}x{size[1]} "
+                    "px: they must have one size."
                 )
             (palette if is_palette else grey).append(mask)
             values |= mask_values
@@ -821,7 +830,8 @@ class LitsReader(Reader):
         return Description(
             name="lits_liver",
             description=(
-                "LiTS case 117 (liver CT, 128^3 crop, HU): ONE patient, so the split cannot be by subject; the cases are "
+                "LiTS case 117 (liver CT, 128^3 crop, HU): ONE patient, so the split cannot be by subject; the cases "
+                "are "
                 "the sample's three contiguous axial slabs (training / validation / test, one unused slice between "
                 "slabs), each its own 'subject'. Figures on it measure the method on this case, not generalisation."
             ),

@@ -198,8 +198,11 @@ def _assign(cases: Sequence[CaseRef], opts: PrepareOptions, rule: str) -> tuple[
         }
     else:
         splits = split_subjects(subjects, fractions, opts.seed)
-        record = {"rule": "random by subject: shuffled subjects cut by the fractions", "fractions": list(fractions),
-                  "seed": opts.seed}  # fmt: skip
+        record = {
+            "rule": "random by subject: shuffled subjects cut by the fractions",
+            "fractions": list(fractions),
+            "seed": opts.seed,
+        }
     zero = {n for n, f in zip(SPLIT_NAMES, fractions) if f == 0} if rule != "fixed" and opts.folds is None else set()
     required = [name for name in splits if name not in zero]
     for name in required:
@@ -322,8 +325,10 @@ class _Stats:
     def add_label(self, label: np.ndarray, case: CaseRef) -> None:
         counts = np.bincount(label.ravel(), minlength=len(self.class_counts))
         if counts.size > self.class_counts.size:
-            raise DataError(f"case '{case.case_id}' ({case.sources[-1]}) has label values beyond the dataset's labels "
-                            f"0..{len(self.class_counts) - 1}.")  # fmt: skip
+            raise DataError(
+                f"case '{case.case_id}' ({case.sources[-1]}) has label values beyond the dataset's labels "
+                f"0..{len(self.class_counts) - 1}."
+            )
         self.class_counts += counts
 
 
@@ -431,8 +436,9 @@ def _tile(root: Path, item: Mapping[str, Any], size: int = 200) -> np.ndarray:
     picture = Image.fromarray(tile)
     scale = size / max(picture.size)
     if scale < 1:
-        picture = picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))),
-                                 Image.Resampling.BILINEAR)  # fmt: skip
+        picture = picture.resize(
+            (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.Resampling.BILINEAR
+        )
     return np.asarray(picture)
 
 
@@ -556,8 +562,10 @@ def _dataset_info(
         spacing = [float(v) for v in np.median(np.asarray(list(stats.spacings.values())), axis=0)]
         if len(distinct) > 1:
             extra["spacings"] = [list(s) for s in distinct]
-            extra["spacing_note"] = ("mixed spacings across cases: 'spacing' is their median per axis; each case's own "
-                                     "is in datalist.json metadata.spacings and in its NIfTI header")  # fmt: skip
+            extra["spacing_note"] = (
+                "mixed spacings across cases: 'spacing' is their median per axis; each case's own "
+                "is in datalist.json metadata.spacings and in its NIfTI header"
+            )
     if opts.dim == 2 and stats.spacings:
         extra["slices"] = {
             "axis": "axial (the voxel axis whose nibabel axis code is S or I)",
@@ -584,8 +592,15 @@ def _dataset_info(
     )
 
 
-def _build(tmp: Path, reader: Reader, desc: Description, cases: list[CaseRef], splits: dict[str, list[str]],
-           split_record: dict[str, Any], opts: PrepareOptions) -> tuple[_Folder, dict[str, Any]]:  # fmt: skip
+def _build(
+    tmp: Path,
+    reader: Reader,
+    desc: Description,
+    cases: list[CaseRef],
+    splits: dict[str, list[str]],
+    split_record: dict[str, Any],
+    opts: PrepareOptions,
+) -> tuple[_Folder, dict[str, Any]]:
     """Write everything into ``tmp``; returns the folder record and the summary."""
     out = _Folder(tmp)
     stats = _Stats(len(desc.labels))
@@ -660,11 +675,16 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
     if not opts.force:
         manifest = _up_to_date(opts.out, arguments, fingerprint)
         if manifest is not None:
-            return {**manifest["summary"], "out": str(opts.out), "up_to_date": True,
-                    "seconds": time.perf_counter() - started}  # fmt: skip
+            return {
+                **manifest["summary"],
+                "out": str(opts.out),
+                "up_to_date": True,
+                "seconds": time.perf_counter() - started,
+            }
     if not _is_ours(opts.out):
         raise DataError(
-            f"--out '{opts.out}' exists and was not written by prepare_dataset (no manifest.json of it): choose another "
+            f"--out '{opts.out}' exists and was not written by prepare_dataset (no manifest.json of it): choose "
+            "another "
             "--out or remove that folder yourself."
         )
     desc = reader.describe(cases)
@@ -724,8 +744,11 @@ def format_summary(summary: Mapping[str, Any]) -> str:
     for value, c in summary["classes"].items():
         lines.append(f"  {value}: {c['name']:<22} {c['count']:>14,}")
     norm = summary["normalisation"]
-    lines.append(f"channels: {', '.join(summary['channels'])}; normalisation: {norm['method']} {norm['range']}; "
-                 f"spacing: {summary['spacing'] if summary['spacing'] is not None else 'unknown (pixels)'}")  # fmt: skip
+    spacing = summary["spacing"] if summary["spacing"] is not None else "unknown (pixels)"
+    lines.append(
+        f"channels: {', '.join(summary['channels'])}; normalisation: {norm['method']} {norm['range']}; "
+        f"spacing: {spacing}"
+    )
     notes = summary.get("notes") or {}
     if notes.get("outlines_closed"):
         lines.append(

@@ -42,6 +42,7 @@ from common.data.dataset_info import DatasetInfo, write_dataset_info
 from common.data.formats import FORMATS, CaseRef, Description, ImageCase, Reader, VolumeCase, voxel_spacing
 from common.data.volume_split import crop_affine
 from common.errors import DataError
+from common.reporting import overlay, overlay_grid
 
 __all__ = [
     "FORMAT_VERSION",
@@ -413,11 +414,10 @@ def _display(array: np.ndarray, codes: Sequence[str]) -> np.ndarray:
     return np.ascontiguousarray(array)
 
 
-def _tile(root: Path, item: Mapping[str, Any], size: int = 200) -> np.ndarray:
-    """The overlay tile of one item: channel 0 (RGB: its luminance) with the label in colour and the ROI outline
-    in yellow; a volume shows its axial slice with the most foreground; downscaled to at most ``size`` px."""
-    from common.reporting import overlay
-
+def _tile(root: Path, item: Mapping[str, Any], clip: Sequence[float] | None = None, size: int = 240) -> np.ndarray:
+    """The overlay tile of one item: channel 0 (RGB: its luminance), clipped to ``clip`` (the CT window, the z-score
+    range), with the label in colour and the ROI outline in yellow; a volume shows its axial slice with the most
+    foreground; resized to ``size`` px on its longer side."""
     image_rel = item["image"][0] if isinstance(item["image"], list) else item["image"]
     image, codes, affine = _read_2d(root / image_rel)
     label, _, _ = _read_2d(root / item["label"])
@@ -429,23 +429,24 @@ def _tile(root: Path, item: Mapping[str, Any], size: int = 200) -> np.ndarray:
         codes = tuple(c for a, c in enumerate(codes) if a != axis)  # type: ignore[arg-type]
     if codes is not None:
         image, label = _display(image, codes), _display(label, codes)
-    tile = overlay(image.astype(np.float32), label)
+    image = image.astype(np.float32)
+    tile = overlay(np.clip(image, *clip) if clip is not None else image, label)
     if roi is not None:
         edge = (roi > 0) & ~ndi.binary_erosion(roi > 0, iterations=2)
         tile[edge] = (255, 220, 0)
     picture = Image.fromarray(tile)
     scale = size / max(picture.size)
-    if scale < 1:
+    if scale != 1:
         picture = picture.resize(
             (max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), Image.Resampling.BILINEAR
         )
     return np.asarray(picture)
 
 
-def _overlay_figure(root: Path, lists: Mapping[str, list[dict[str, Any]]], per_split: int = 2) -> Image.Image:
+def _overlay_figure(
+    root: Path, lists: Mapping[str, list[dict[str, Any]]], clip: Sequence[float] | None, per_split: int = 2
+) -> Image.Image:
     """Up to ``per_split`` items of every split (at a third and two thirds of its list), one row per split."""
-    from common.reporting import overlay_grid
-
     rows = []
     for name, items in lists.items():
         if not items:
@@ -455,8 +456,8 @@ def _overlay_figure(root: Path, lists: Mapping[str, list[dict[str, Any]]], per_s
         for i in picks:
             item = items[i]
             label_stem = Path(item["label"]).name.split(".")[0]
-            caption = f"{item['volume']} z{item['slice']}" if "slice" in item else label_stem
-            tiles.append((caption, _tile(root, item)))
+            caption = f"{item['subject']} z{item['slice']}" if "slice" in item else label_stem
+            tiles.append((caption, _tile(root, item, clip)))
         rows.append((name, tiles))
     return overlay_grid(rows, scale=1)
 
@@ -644,7 +645,8 @@ def _build(
     if skipped:
         metadata["skipped_cases"] = skipped
     out.json("datalist.json", {**lists, "metadata": metadata})
-    figure = _overlay_figure(tmp, lists)
+    clip = info.normalisation["range"] if info.normalisation["method"] != "range" else None
+    figure = _overlay_figure(tmp, lists, clip)
     figure.save(tmp / OVERLAY)
     out._record(OVERLAY, tmp / OVERLAY)
     summary = {

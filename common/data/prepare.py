@@ -127,16 +127,16 @@ def split_counts(n: int, fractions: Sequence[float]) -> list[int]:
     split), then every split with a nonzero fraction raised to at least 1 (taken from the largest)."""
     f = np.asarray(fractions, float)
     f = f / f.sum()
-    wanted = np.round(n * f, 9)
-    counts = np.floor(wanted).astype(int)
-    remainders = wanted - counts
-    for i in sorted(range(len(f)), key=lambda i: (-remainders[i], i))[: n - int(counts.sum())]:
-        counts[i] += 1
     if int((f > 0).sum()) > n:
         raise DataError(
             f"{n} subject(s) cannot fill {int((f > 0).sum())} splits: use more subjects (--max-subjects), set a "
             "fraction of --split to 0, or use fewer --folds."
         )
+    wanted = np.round(n * f, 9)
+    counts = np.floor(wanted).astype(int)
+    remainders = wanted - counts
+    for i in sorted(range(len(f)), key=lambda i: (-remainders[i], i))[: n - int(counts.sum())]:
+        counts[i] += 1
     for i in np.flatnonzero((f > 0) & (counts == 0)):
         counts[int(np.argmax(counts))] -= 1
         counts[i] += 1
@@ -168,8 +168,11 @@ def fold_subjects(subjects: Iterable[str], folds: int, seed: int) -> dict[str, l
     return {f"fold_{k}": sorted(order[k::folds]) for k in range(folds)}
 
 
-def _assign(cases: Sequence[CaseRef], opts: PrepareOptions, rule: str) -> tuple[dict[str, list[str]], dict[str, Any]]:
-    """Subjects per split and the split record for ``dataset.json`` (rule, seed, fractions or folds)."""
+def _assign(
+    cases: Sequence[CaseRef], opts: PrepareOptions, rule: str
+) -> tuple[dict[str, list[str]], dict[str, Any], list[str]]:
+    """Subjects per split, the split record for ``dataset.json`` (rule, seed, fractions or folds), and the splits
+    that must not end up empty (all but those given a fraction of 0)."""
     groups: dict[str, str | None] = {}
     for case in cases:
         if groups.setdefault(case.subject, case.group) != case.group:
@@ -211,8 +214,7 @@ def _assign(cases: Sequence[CaseRef], opts: PrepareOptions, rule: str) -> tuple[
             raise DataError(
                 f"split '{name}' got no subject ({len(subjects)} in all): use more subjects (--max-subjects)."
             )
-    record["required"] = required
-    return splits, record
+    return splits, record, required
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -315,7 +317,8 @@ def _channel_suffixes(names: Sequence[str]) -> list[str]:
 
 
 class _Stats:
-    """Counts for the summary: items, class voxels, notes."""
+    """What the summary and ``dataset.json`` report beyond the items: voxels per class, background slices,
+    volumes without foreground, per-case spacing."""
 
     def __init__(self, num_classes: int) -> None:
         self.class_counts = np.zeros(num_classes, np.int64)
@@ -334,6 +337,7 @@ class _Stats:
 
 
 def _write_image_case(out: _Folder, case: CaseRef, loaded: ImageCase, stats: _Stats) -> list[dict[str, Any]]:
+    """A 2D picture as PNG image, label and ROI; its one datalist item."""
     item: dict[str, Any] = {
         "image": out.png(f"images/{case.case_id}.png", loaded.image),
         "label": out.png(f"labels/{case.case_id}.png", loaded.label.astype(np.uint8)),
@@ -348,6 +352,8 @@ def _write_image_case(out: _Folder, case: CaseRef, loaded: ImageCase, stats: _St
 def _write_volume_case(
     out: _Folder, case: CaseRef, loaded: VolumeCase, suffixes: list[str], opts: PrepareOptions, stats: _Stats
 ) -> list[dict[str, Any]]:
+    """A volume as NIfTI: one file per channel plus the label (``--dim 3``), or its selected axial slices
+    (``--dim 2``); its datalist items."""
     cid = case.case_id
     spacing = voxel_spacing(loaded.affine)
     stats.spacings[cid] = spacing
@@ -405,6 +411,8 @@ def _read_2d(path: Path) -> tuple[np.ndarray, tuple[str, ...] | None, np.ndarray
 def _display(array: np.ndarray, codes: Sequence[str]) -> np.ndarray:
     """An axial slice in the radiological view: anterior up, the patient's right on the image's left."""
     row, col = codes[0], codes[1]
+    if row is None or col is None:  # an affine without clear directions: shown as stored
+        return np.ascontiguousarray(array)
     if row in "RL" and col in "AP":
         array, (row, col) = array.T, (col, row)
     if row == "A":
@@ -550,6 +558,8 @@ def _select(cases: list[CaseRef], opts: PrepareOptions) -> list[CaseRef]:
 def _dataset_info(
     desc: Description, opts: PrepareOptions, reader: Reader, stats: _Stats, split: dict[str, Any]
 ) -> DatasetInfo:
+    """``dataset.json``: the reader's description, the split record, the reader's notes, and the spacing and slice
+    facts gathered while writing."""
     extra: dict[str, Any] = {
         "source": {"format": opts.format, "src": str(opts.src), "url": desc.url, "licence": desc.licence},
         "licence": desc.licence,
@@ -600,6 +610,7 @@ def _build(
     cases: list[CaseRef],
     splits: dict[str, list[str]],
     split_record: dict[str, Any],
+    required: Sequence[str],
     opts: PrepareOptions,
 ) -> tuple[_Folder, dict[str, Any]]:
     """Write everything into ``tmp``; returns the folder record and the summary."""
@@ -628,7 +639,6 @@ def _build(
     counts = {
         name: {"subjects": len({i["subject"] for i in items}), "items": len(items)} for name, items in lists.items()
     }
-    required = split_record.pop("required", list(lists))
     for name, items in lists.items():
         if not items and name in required:
             raise DataError(
@@ -690,13 +700,13 @@ def prepare_dataset(opts: PrepareOptions) -> dict[str, Any]:
             "--out or remove that folder yourself."
         )
     desc = reader.describe(cases)
-    splits, split_record = _assign(cases, opts, desc.split_rule)
+    splits, split_record, required = _assign(cases, opts, desc.split_rule)
 
     tmp = opts.out.with_name(f"{opts.out.name}.partial-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        folder, summary = _build(tmp, reader, desc, cases, splits, split_record, opts)
+        folder, summary = _build(tmp, reader, desc, cases, splits, split_record, required, opts)
         manifest = {
             "tool": TOOL,
             "format_version": FORMAT_VERSION,

@@ -1,9 +1,7 @@
 """Shared code of the distillation bundles: networks, losses, engines, data helpers.
 
-Bundle configs reference these modules by dotted ``_target_`` (e.g. ``common.networks.build_teacher``);
-run ``python -m monai.bundle ...`` from the repository root so that ``common`` is importable.
+Bundle configs reference these modules by dotted ``_target_`` (e.g. ``common.networks.sam_teacher.build_teacher``);
+run ``python -m monai.bundle ...`` from the repository root so that ``common`` is importable. Importing it changes
+nothing global: each config's ``initialize`` installs the one-line error report (``common.errors.install_excepthook``)
+where a command starts.
 """
-
-from common.errors import install_excepthook
-
-install_excepthook()

@@ -6,6 +6,11 @@ Conventions for empty masks (also written into every summary file):
 - otherwise HD95 = MONAI ``compute_hausdorff_distance(percentile=95)`` with the image spacing.
 The summary also gives the global Dice of each class, 2·ΣTP / (Σ|P| + Σ|G|) over all cases, which stays defined
 for a class that most cases lack (e.g. a tumour on 2D slices).
+
+Also per class: sensitivity TP / |G| (NaN when the class is absent from the ground truth), and on request clDice
+(Shit et al., CVPR 2021: 2·Tprec·Tsens / (Tprec + Tsens), Tprec = |skel(P) ∩ G| / |skel(P)|, Tsens =
+|skel(G) ∩ P| / |skel(G)|), the topology-aware score of thin structures such as vessels. With an ``roi`` mask (e.g.
+DRIVE's field of view) every score is computed inside it only.
 """
 
 from __future__ import annotations
@@ -17,32 +22,61 @@ import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
 
-__all__ = ["EMPTY_MASK_CONVENTION", "case_metrics", "summarize"]
+__all__ = ["EMPTY_MASK_CONVENTION", "OPTIONAL_METRICS", "case_metrics", "cldice", "summarize"]
+
+OPTIONAL_METRICS = ("sensitivity", "cldice")  # per class, summarised when every case has them
 
 EMPTY_MASK_CONVENTION = (
     "both empty: Dice and HD95 undefined (NaN, excluded from means); one empty: Dice 0, HD95 = image diagonal (mm)"
 )
 
 
+def cldice(pred: np.ndarray, label: np.ndarray) -> float:
+    """clDice of two binary masks (2D or 3D); NaN when both are empty, 0 when exactly one is."""
+    from skimage.morphology import skeletonize
+
+    if not pred.any() and not label.any():
+        return math.nan
+    if not pred.any() or not label.any():
+        return 0.0
+    skel_p, skel_g = skeletonize(pred), skeletonize(label)
+    tprec = (skel_p & label).sum() / max(skel_p.sum(), 1)
+    tsens = (skel_g & pred).sum() / max(skel_g.sum(), 1)
+    return float(2 * tprec * tsens / (tprec + tsens)) if tprec + tsens > 0 else 0.0
+
+
 def case_metrics(
-    pred: torch.Tensor, label: torch.Tensor, spacing: Sequence[float] | None = None, include_background: bool = False
+    pred: torch.Tensor,
+    label: torch.Tensor,
+    spacing: Sequence[float] | None = None,
+    include_background: bool = False,
+    roi: torch.Tensor | None = None,
+    with_cldice: bool = False,
 ) -> dict[str, list[float]]:
-    """Dice, HD95 and the counts behind global Dice, per class, for one case.
+    """Dice, HD95, sensitivity (and clDice) and the counts behind global Dice, per class, for one case.
 
     Args:
         pred: one-hot prediction (K, *spatial).
         label: one-hot ground truth (K, *spatial).
         spacing: voxel size in mm per spatial axis (None: 1 mm).
         include_background: also score channel 0 (ignored when K = 1: the single channel is the foreground).
+        roi: a mask (1 or no channel axis, *spatial): score inside it only (prediction and label are cleared
+            outside).
+        with_cldice: also compute clDice per class.
     """
     pred, label = pred.bool().cpu(), label.bool().cpu()
     if pred.shape != label.shape:
         raise ValueError(f"prediction {tuple(pred.shape)} and label {tuple(label.shape)} differ in shape.")
+    if roi is not None:
+        inside = torch.as_tensor(roi).cpu().reshape(pred.shape[1:]) > 0
+        pred, label = pred & inside, label & inside
     spatial = pred.shape[1:]
     spacing = [float(s) for s in (spacing if spacing is not None else [1.0] * len(spatial))][: len(spatial)]
     diagonal = math.sqrt(sum((n * s) ** 2 for n, s in zip(spatial, spacing)))
     first = 0 if include_background or pred.shape[0] == 1 else 1
-    out: dict[str, list[float]] = {"dice": [], "hd95": [], "tp": [], "pred_sum": [], "label_sum": []}
+    out: dict[str, list[float]] = {"dice": [], "hd95": [], "sensitivity": [], "tp": [], "pred_sum": [], "label_sum": []}
+    if with_cldice:
+        out["cldice"] = []
     for c in range(first, pred.shape[0]):
         p, g = pred[c], label[c]
         tp, ps, gs = float((p & g).sum()), float(p.sum()), float(g.sum())
@@ -55,8 +89,13 @@ def case_metrics(
             hd = float(
                 compute_hausdorff_distance(p[None, None].float(), g[None, None].float(), percentile=95, spacing=spacing)
             )
-        for k, v in zip(out, (dice, hd, tp, ps, gs)):
+        for k, v in zip(
+            ("dice", "hd95", "sensitivity", "tp", "pred_sum", "label_sum"),
+            (dice, hd, tp / gs if gs else math.nan, tp, ps, gs),
+        ):
             out[k].append(v)
+        if with_cldice:
+            out["cldice"].append(cldice(p.numpy(), g.numpy()))
     return out
 
 
@@ -71,6 +110,7 @@ def summarize(cases: list[dict[str, list[float]]], class_names: Sequence[str]) -
         a = a[~np.isnan(a)]
         return (float(a.mean()), float(a.std()), int(a.size)) if a.size else (math.nan, math.nan, 0)
 
+    optional = {k: np.array([c[k] for c in cases], dtype=float) for k in OPTIONAL_METRICS if all(k in c for c in cases)}
     per_class = {}
     for i, name in enumerate(class_names):
         d, h = stats(dice[:, i]), stats(hd[:, i])
@@ -82,6 +122,7 @@ def summarize(cases: list[dict[str, list[float]]], class_names: Sequence[str]) -
             "hd95_std": h[1],
             "cases_scored": d[2],
             "global_dice": float(2 * tp[i] / denom) if denom else math.nan,
+            **{f"{k}_mean": stats(v[:, i])[0] for k, v in optional.items()},
         }
     with np.errstate(all="ignore"):
         case_dice = np.nanmean(dice, axis=1) if dice.size else np.array([])

@@ -272,14 +272,75 @@ def _inference_ckpt(config: Mapping) -> str | None:
     return f"{d.group(1)}/{m.group(1)}" if m and d else None
 
 
+def _dataset_info(configs: Path, dataset_dir: str | os.PathLike[str] | None):
+    """The ``DatasetInfo`` of the data the bundle was trained on: ``dataset_dir``'s ``dataset.json``, by default the
+    folder inference.json names (relative to the repository); None when the configs do not read one."""
+    from common.data.dataset_info import load_dataset_info
+
+    inference = _read_json(configs / "inference.json")
+    if "dataset_info" not in inference:
+        return None
+    if dataset_dir is None:
+        dataset_dir = REPO / str(inference.get("dataset_dir", ""))
+    if not (Path(dataset_dir) / "dataset.json").is_file():
+        raise ExportError(
+            f"no dataset.json in '{dataset_dir}': give --dataset-dir, the folder of the data the weights were trained "
+            "on (its labels, channels, normalisation and licence go into the exported bundle)."
+        )
+    return load_dataset_info(dataset_dir)
+
+
+def _literal_dataset_info(info) -> dict[str, Any]:
+    """A config item that rebuilds ``info`` without its file: the exported bundle carries the training data's
+    description (labels, channels, normalisation) in its configs."""
+    fields = {
+        k: v
+        for k, v in info.to_json().items()
+        if k in ("name", "dim", "channel_names", "labels", "normalisation", "modality", "description", "spacing")
+    }
+    extra = {k: info.extra[k] for k in ("regions", "licence") if k in info.extra}
+    return {"_target_": "common.data.dataset_info.DatasetInfo", **fields, "extra": extra}
+
+
+def describe_data(metadata: dict[str, Any], info) -> dict[str, Any]:
+    """``metadata`` with its data description taken from the training data's ``DatasetInfo``: input channels and
+    modality, output classes, label/prediction classes, image description, data source and licence."""
+    out = json.loads(json.dumps(metadata))
+    labels = {str(k): v for k, v in info.labels.items()}
+    classes = ", ".join(f"{k} {v}" for k, v in labels.items())
+    fmt = out.setdefault("network_data_format", {})
+    image = fmt.setdefault("inputs", {}).get("image")
+    if isinstance(image, dict):
+        image["num_channels"] = info.in_channels
+        image["channel_def"] = {str(i): name for i, name in enumerate(info.channel_names)}
+        image["modality"] = info.modality or image.get("modality", "")
+    pred = fmt.setdefault("outputs", {}).get("pred")
+    if isinstance(pred, dict) and pred.get("format") == "segmentation":
+        pred["num_channels"] = info.num_classes
+        pred["channel_def"] = labels
+    norm = info.normalisation
+    out["image_classes"] = (
+        f"{info.in_channels} channel(s) {', '.join(info.channel_names)} ({info.modality or 'image'}), "
+        f"normalised by the bundle ({norm['method']} {norm['range']} -> [0, 1])"
+    )
+    out["label_classes"] = out["pred_classes"] = classes
+    source = info.extra.get("source")
+    out["data_source"] = f"{info.name}: {info.description}" + (f" (source: {source})" if source else "")
+    if info.extra.get("licence"):
+        out["data_license"] = str(info.extra["licence"])
+    return out
+
+
 def export_bundle(
     bundle_dir: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
     ckpt: str | os.PathLike[str] | None = None,
     weights_url: str | None = None,
     force: bool = False,
+    dataset_dir: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Write the self-contained bundle folder ``out_dir`` from ``bundle_dir`` (see the module docstring)."""
+    """Write the self-contained bundle folder ``out_dir`` from ``bundle_dir`` (see the module docstring), describing
+    the data of ``dataset_dir`` (its ``dataset.json``; default: the folder inference.json names)."""
     bundle, out = Path(bundle_dir).resolve(), Path(out_dir).resolve()
     configs = bundle / "configs"
     for need in (configs / "metadata.json", configs / "inference.json", bundle / "LICENSE"):
@@ -292,11 +353,17 @@ def export_bundle(
     if ckpt is not None and not Path(ckpt).is_file():
         raise ExportError(f"--ckpt '{ckpt}' does not exist.")
 
+    info = _dataset_info(configs, dataset_dir)
     collector = CodeCollector()
     written: dict[Path, str] = {}
     for path in sorted(configs.iterdir()):
         if path.suffix == ".json":
-            written[Path("configs") / path.name] = json.dumps(collector.rewrite_value(_read_json(path)), indent=4)
+            config = _read_json(path)
+            if info is not None and isinstance(config, dict) and "dataset_info" in config:
+                config["dataset_info"] = _literal_dataset_info(info)
+            if info is not None and path.name == "metadata.json":
+                config = describe_data(config, info)
+            written[Path("configs") / path.name] = json.dumps(collector.rewrite_value(config), indent=4)
         elif path.suffix in CONFIG_SUFFIXES:
             import yaml
 
@@ -310,6 +377,8 @@ def export_bundle(
 
     metadata = json.loads(written[Path("configs/metadata.json")])
     inference = json.loads(written[Path("configs/inference.json")])
+    if info is not None:
+        inference = {**inference, "num_classes": info.num_classes}
     check_metadata_consistency(metadata, inference, configs / "metadata.json")
     required = dict(metadata.get("required_packages_version") or {})
     for dist_name, version in third_party_packages(code.values()).items():
@@ -324,6 +393,9 @@ def export_bundle(
     shutil.copy2(bundle / "LICENSE", out / "LICENSE")
     if (bundle / "docs").is_dir():
         shutil.copytree(bundle / "docs", out / "docs")
+    schema = _schema_for(metadata)  # the schema the checks verify against travels with the bundle
+    (out / "docs").mkdir(exist_ok=True)
+    shutil.copy2(schema, out / "docs" / schema.name)
     if metadata.get("data_license"):
         (out / "docs").mkdir(exist_ok=True)
         (out / "docs" / "data_license.txt").write_text(str(metadata["data_license"]).strip() + "\n")
@@ -560,9 +632,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--n", type=int, default=1, help="n of the metadata's '32*n' shapes for the checks")
     parser.add_argument("--skip-checks", action="store_true", help="write the folder only")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--dataset-dir", help="the training data's folder (its dataset.json describes the bundle's "
+                        "input, classes and licence; default: the one inference.json names)")  # fmt: skip
     args = parser.parse_args(argv)
     try:
-        out = export_bundle(args.bundle, args.out, ckpt=args.ckpt, weights_url=args.weights_url, force=args.force)
+        out = export_bundle(args.bundle, args.out, ckpt=args.ckpt, weights_url=args.weights_url, force=args.force,
+                            dataset_dir=args.dataset_dir)  # fmt: skip
         print(f"exported {args.bundle} to {out}")
         if not args.skip_checks:
             report = run_checks(out, _parse_set(args.set), args.onnx, args.n, args.weights_url)

@@ -56,6 +56,16 @@ def _export_module():
     return module
 
 
+def _ct_dataset(root: Path, spacing: list[float], dim: int) -> Path:
+    """A dataset folder holding only the ``dataset.json`` of a liver CT task (labels liver, tumour; HU window)."""
+    from common.data.dataset_info import DatasetInfo, write_dataset_info
+
+    info = DatasetInfo(name="ct", dim=dim, channel_names=["CT"], labels={"0": "background", "1": "liver", "2": "tumour"},
+                       normalisation={"method": "window", "range": [-125.0, 275.0]}, modality="CT", spacing=spacing)  # fmt: skip
+    write_dataset_info(root, info)
+    return root
+
+
 def test_bundle_infer_task_segments_a_nifti_volume(tmp_path):
     """The 3D student (recokd_student), exported and put in ``<app>/model/``: MONAI Label reads its labels and
     dimension from the metadata, runs inference.json's transforms and sliding window, and writes a label volume in
@@ -68,8 +78,9 @@ def test_bundle_infer_task_segments_a_nifti_volume(tmp_path):
     network = build_dynunet(num_classes=3, in_channels=1, filters=[32, 64, 128, 256], width_divisor=4).eval()
     torch.save(network.state_dict(), tmp_path / "model.pt")
     app_models = tmp_path / "app" / "model"
+    data = _ct_dataset(tmp_path / "data", spacing=[0.8, 0.8, 2.5], dim=3)  # the training data's description
     bundle = _export_module().export_bundle(REPO / "bundles" / "recokd_student", app_models / "recokd_student",
-                                            ckpt=tmp_path / "model.pt")  # fmt: skip
+                                            ckpt=tmp_path / "model.pt", dataset_dir=data)  # fmt: skip
 
     rng = np.random.default_rng(0)
     volume = rng.normal(0.0, 40.0, (48, 40, 20)).astype(np.float32)  # HU

@@ -104,6 +104,12 @@ class DatasetInfo:
     def in_channels(self) -> int:
         return len(self.channel_names)
 
+    @property
+    def regions(self) -> dict[str, list[int]]:
+        """Named unions of classes scored beside the classes (``regions`` in dataset.json, e.g. BraTS
+        ``{"whole tumour": [1, 2, 3, 4], "tumour core": [1, 3, 4], "enhancing tumour": [4]}``); {} when none."""
+        return {str(k): [int(v) for v in vs] for k, vs in dict(self.extra.get("regions") or {}).items()}
+
     def to_json(self) -> dict[str, Any]:
         out = {k: v for k, v in asdict(self).items() if k != "extra"}
         out.update(self.extra)
@@ -139,9 +145,21 @@ class DatasetInfo:
             raise DataError(f"'{path}': {err}") from None
 
 
+def require_dataset_dir(dataset_dir: str | Path) -> Path:
+    """``dataset_dir`` as a Path, or one clear :class:`DataError` saying how to make it."""
+    dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise DataError(
+            f"dataset_dir '{dataset_dir}' does not exist. Prepare your data with 'python scripts/prepare_dataset.py "
+            "FORMAT --src ... --out DIR' (or the sample with 'python scripts/prepare_data.py --out data', then "
+            "--dataset_dir data/lits_liver) and pass --dataset_dir DIR."
+        )
+    return dataset_dir
+
+
 def load_dataset_info(dataset_dir: str | Path) -> DatasetInfo:
     """Read ``dataset_dir/dataset.json``; a missing or malformed file is one clear :class:`DataError`."""
-    path = Path(dataset_dir) / DATASET_JSON
+    path = require_dataset_dir(dataset_dir) / DATASET_JSON
     if not path.is_file():
         raise DataError(
             f"'{path}' not found: prepare the folder with 'python scripts/prepare_dataset.py FORMAT --src ... --out "

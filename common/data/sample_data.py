@@ -48,6 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from common.data.dataset_info import DatasetInfo, write_dataset_info
+
 __all__ = [
     "CLASS_NAMES",
     "HU_WINDOW",
@@ -64,7 +66,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1  # bump when the produced layout changes: invalidates existing manifests
+FORMAT_VERSION = 2  # bump when the produced layout changes: invalidates existing manifests
 
 SPLIT_NAMES = ("training", "validation", "test")
 CLASS_NAMES = {"0": "background", "1": "liver", "2": "tumour"}
@@ -418,6 +420,27 @@ def _build_lits(
     return datalist
 
 
+def lits_dataset_info(spacing: Sequence[float], spacing_assumed: bool) -> DatasetInfo:
+    """``dataset.json`` of the sample's 2D slices: CT already windowed to [0, 1] (so normalisation ``range`` [0, 1];
+    a raw CT volume given to a network trained on them needs the window, ``source_normalisation``)."""
+    return DatasetInfo(
+        name="lits_liver",
+        description="LiTS case 117 (one patient), axial 2D slices in contiguous slabs; not independent patients",
+        modality="CT",
+        dim=2,
+        channel_names=["CT"],
+        labels=CLASS_NAMES,
+        spacing=[float(s) for s in spacing[:2]],
+        normalisation={"method": "range", "range": [0.0, 1.0]},
+        extra={
+            "source_normalisation": {"method": "window", "range": list(HU_WINDOW)},
+            "spacing_assumed": spacing_assumed,
+            "licence": LITS_DATA_LICENCE,
+            "source": {"package": LITS_PACKAGE, "version": LITS_VERSION, "case": 117},
+        },
+    )
+
+
 def _output_files(out_dir: Path) -> list[Path]:
     files = sorted(p for p in (out_dir / "lits_liver").rglob("*") if p.is_file())
     return files + [out_dir / "weights" / "lite_medsam.pth"]
@@ -581,6 +604,7 @@ def prepare_sample_data(
         "split_rule": "contiguous axial slabs, ~60/20/20, one unused slice between slabs, order chosen for tumour",
     }
     (out_dir / "lits_liver" / "datalist.json").write_text(json.dumps(datalist, indent=2) + "\n")
+    write_dataset_info(out_dir / "lits_liver", lits_dataset_info(spacing, spacing_assumed))
 
     weights = out_dir / "weights" / "lite_medsam.pth"
     weights.parent.mkdir(parents=True, exist_ok=True)

@@ -20,6 +20,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from common.data.dataset_info import DatasetInfo, write_dataset_info
 from common.errors import DataError
 
 __all__ = ["crop_affine", "write_slab_split", "write_lits_volume_split"]
@@ -106,11 +107,13 @@ def write_lits_volume_split(
     done = out_dir / "datalist.json"
     if done.is_file():
         previous = json.loads(done.read_text()).get("metadata", {})
-        if previous.get("slabs") == {k: list(v) for k, v in slabs.items()} and all(
-            (out_dir / s / f"{k}.nii.gz").is_file() for s in SPLITS for k in ("image", "label")
+        if (
+            previous.get("slabs") == {k: list(v) for k, v in slabs.items()}
+            and all((out_dir / s / f"{k}.nii.gz").is_file() for s in SPLITS for k in ("image", "label"))
+            and (out_dir / "dataset.json").is_file()
         ):
             return out_dir
-    return write_slab_split(
+    out = write_slab_split(
         lits_dir / volume["image"],
         lits_dir / volume["label"],
         out_dir,
@@ -125,3 +128,17 @@ def write_lits_volume_split(
             "rule": "the 2D slices' slabs (data/lits_liver/datalist.json) as 3D sub-volumes; gaps unused",
         },
     )
+    spacing = meta["metadata"].get("spacing_mm") or [1.0, 1.0, 1.0]
+    info = DatasetInfo(
+        name="lits_liver_3d",
+        description="LiTS case 117 (one patient) cut into three axial slabs; not independent patients",
+        modality="CT",
+        dim=3,
+        channel_names=["CT"],
+        labels=meta["metadata"].get("class_names") or {"0": "background", "1": "liver", "2": "tumour"},
+        spacing=[float(s) for s in spacing],
+        normalisation={"method": "window", "range": list(meta["metadata"].get("window_hu") or [-125.0, 275.0])},
+        extra={"licence": meta["metadata"].get("licence"), "spacing_assumed": meta["metadata"].get("spacing_assumed")},
+    )
+    write_dataset_info(out, info)
+    return out

@@ -1,5 +1,5 @@
-"""An evaluator handler that scores every case (per-class Dice and HD95 with the image spacing) and writes the
-results as CSV and JSON, and prints them as a table."""
+"""An evaluator handler that scores every case (per-class Dice, HD95 with the image spacing, sensitivity, optionally
+clDice; per region too, e.g. BraTS whole tumour) and writes the results as CSV and JSON, and prints them as a table."""
 
 from __future__ import annotations
 
@@ -7,9 +7,10 @@ import csv
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+import torch
 from ignite.engine import Engine, Events
 
 from common.evaluation import case_metrics, summarize
@@ -45,12 +46,22 @@ def format_table(summary: dict) -> str:
     return "\n".join(rows)
 
 
+def region_channels(onehot: torch.Tensor, regions: Mapping[str, Sequence[int]]) -> torch.Tensor:
+    """One channel per region, the union of its classes' channels of a one-hot map (K, *spatial)."""
+    if not regions:
+        return onehot[:0]
+    return torch.stack([onehot[[int(v) for v in values]].bool().any(0) for values in regions.values()]).to(onehot)
+
+
 class SegmentationReport:
     """Collects per-case metrics over an evaluator run; on completion writes ``metrics_per_case.csv`` and
     ``metrics_summary.json`` to ``output_dir`` and logs a table.
 
     Expects ``engine.state.output`` as decollated dicts holding one-hot ``pred`` and ``label`` (see
-    :func:`common.data.transforms.discretize`); spacing and case names come from the label's metadata.
+    :func:`common.data.transforms.discretize`); spacing and case names come from the label's metadata, the
+    ``subject`` and the ``roi`` mask (scores inside it only, e.g. DRIVE's field of view) from the batch item when it
+    has them. ``regions`` (name → class values, e.g. BraTS ``{"whole tumour": [1, 2, 3, 4]}``) are scored after the
+    classes, as unions of their classes. ``cldice`` adds clDice per class (thin structures).
     """
 
     def __init__(
@@ -61,14 +72,22 @@ class SegmentationReport:
         label_key: str = "label",
         include_background: bool = False,
         prefix: str = "metrics",
+        regions: Mapping[str, Sequence[int]] | None = None,
+        cldice: bool = False,
+        roi_key: str = "roi",
+        subject_key: str = "subject",
     ) -> None:
         self.output_dir = Path(output_dir)
-        self.class_names = list(class_names)
+        self.regions = dict(regions or {})
+        self.class_names = list(class_names) + list(self.regions)
+        self.cldice = cldice
+        self.roi_key, self.subject_key = roi_key, subject_key
         self.pred_key, self.label_key = pred_key, label_key
         self.include_background = include_background
         self.prefix = prefix
         self.cases: list[dict] = []
         self.names: list[str] = []
+        self.subjects: list[str] = []
         self.summary: dict = {}
         self.logger = logging.getLogger(__name__)
 
@@ -78,28 +97,38 @@ class SegmentationReport:
         engine.add_event_handler(Events.COMPLETED, self._write)
 
     def _reset(self, engine: Engine) -> None:
-        self.cases, self.names = [], []
+        self.cases, self.names, self.subjects = [], [], []
 
     def _collect(self, engine: Engine) -> None:
         output = engine.state.output
-        for item in output if isinstance(output, list) else [output]:
+        outputs = output if isinstance(output, list) else [output]
+        batch = engine.state.batch if isinstance(engine.state.batch, list) else [engine.state.batch] * len(outputs)
+        for item, source in zip(outputs, batch):
             pred, label = item[self.pred_key], item[self.label_key]
-            metrics = case_metrics(pred, label, _spacing(label), self.include_background)
+            source = source if isinstance(source, Mapping) else {}
+            roi = source.get(self.roi_key)
+            metrics = case_metrics(pred, label, _spacing(label), self.include_background, roi, self.cldice)
+            if self.regions:
+                extra = case_metrics(
+                    region_channels(pred, self.regions), region_channels(label, self.regions), _spacing(label),
+                    True, roi, self.cldice,
+                )  # fmt: skip
+                metrics = {k: v + extra[k] for k, v in metrics.items()}
             if len(metrics["dice"]) != len(self.class_names):
                 raise ValueError(f"{len(metrics['dice'])} scored classes but class_names has {len(self.class_names)}.")
             self.cases.append(metrics)
             self.names.append(_name(label) or f"case_{len(self.names)}")
+            self.subjects.append(str(source.get(self.subject_key, self.names[-1])))
 
     def _write(self, engine: Engine) -> None:
         self.summary = summarize(self.cases, self.class_names)
         self.output_dir.mkdir(parents=True, exist_ok=True)
         with open(self.output_dir / f"{self.prefix}_per_case.csv", "w", newline="") as f:
             writer = csv.writer(f)
-            writer.writerow(
-                ["case"] + [f"dice_{n}" for n in self.class_names] + [f"hd95_{n}" for n in self.class_names]
-            )
-            for name, m in zip(self.names, self.cases):
-                writer.writerow([name] + [_fmt(v) for v in m["dice"]] + [_fmt(v) for v in m["hd95"]])
+            metrics = ["dice", "hd95", "sensitivity"] + (["cldice"] if self.cldice else [])
+            writer.writerow(["case"] + [f"{m}_{n}" for m in metrics for n in self.class_names] + ["subject"])
+            for name, case, subject in zip(self.names, self.cases, self.subjects):
+                writer.writerow([name] + [_fmt(v) for m in metrics for v in case[m]] + [subject])
         with open(self.output_dir / f"{self.prefix}_summary.json", "w") as f:
             json.dump(_finite(self.summary), f, indent=2)
         table = format_table(self.summary)

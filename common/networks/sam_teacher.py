@@ -26,7 +26,18 @@ from common.checkpoints import mismatch_report, read_state_dict
 from common.errors import CheckpointError, InputError
 from common.networks.lora import inject_lora, load_adapter
 
-__all__ = ["SamTeacher", "TeacherArch", "TEACHER_ARCHS", "build_teacher", "load_teacher_checkpoint", "sam_modeling"]
+__all__ = [
+    "SamTeacher",
+    "TeacherArch",
+    "TEACHER_ARCHS",
+    "CHANNEL_MODES",
+    "build_teacher",
+    "load_teacher_checkpoint",
+    "sam_modeling",
+]
+
+# How C input channels become the 3 the SAM encoder was trained on (see SamTeacher).
+CHANNEL_MODES = ("auto", "repeat", "composite", "conv")
 
 # SAM's ImageNet pixel statistics, for inputs scaled to [0, 1].
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -91,10 +102,22 @@ TEACHER_ARCHS: dict[str, TeacherArch] = {
 
 
 class SamTeacher(nn.Module):
-    """Prompt-free multi-class SAM: image (B, 1 or 3, H, W) in [0, 1] → logits (B, K, H, W).
+    """Prompt-free multi-class SAM: image (B, C, H, W) in [0, 1] → logits (B, K, H, W).
 
     ``forward_features`` also returns the image embedding (B, C, s/stride, s/stride) for feature distillation.
     Inputs whose size differs from ``image_size`` are resized to it, and the logits back to the input size.
+
+    The frozen encoder takes 3 channels; ``channel_mode`` maps the C input channels to them:
+
+    - ``repeat`` (``auto`` for C = 1): a grey image copied into R, G and B, as SAM / MedSAM see grey scans;
+    - RGB (C = 3) goes in as it is (``auto``);
+    - ``composite`` (``auto`` for C = 2, e.g. FLAIR + T1c): (c0, c1, (c0 + c1) / 2), a false-colour image whose
+      channels all stay in [0, 1] and whose third channel is the grey average, so every encoder input channel sees
+      an image of the usual statistics;
+    - ``conv`` (``auto`` for C > 3): a trainable 1×1 convolution C → 3 initialised to the channel mean (the grey
+      image at first), trained with the LoRA weights and saved in the adapter.
+
+    ``in_channels`` None keeps the original behaviour: 1 or 3 channels, whichever is given.
     """
 
     def __init__(
@@ -104,8 +127,27 @@ class SamTeacher(nn.Module):
         mask_decoder: nn.Module,
         image_size: int,
         normalize: bool = True,
+        in_channels: int | None = None,
+        channel_mode: str = "auto",
     ) -> None:
         super().__init__()
+        if channel_mode not in CHANNEL_MODES:
+            raise InputError(f"channel_mode must be one of {CHANNEL_MODES}, got '{channel_mode}'.")
+        if in_channels is not None and in_channels < 1:
+            raise InputError(f"in_channels must be >= 1, got {in_channels}.")
+        if channel_mode == "auto" and in_channels is not None:
+            channel_mode = {1: "repeat", 2: "composite", 3: "auto"}.get(in_channels, "conv")
+        if channel_mode == "composite" and in_channels != 2:
+            raise InputError(f"channel_mode 'composite' maps 2 channels to 3, got in_channels={in_channels}.")
+        if channel_mode == "repeat" and in_channels not in (None, 1):
+            raise InputError(f"channel_mode 'repeat' copies one grey channel, got in_channels={in_channels}.")
+        if channel_mode == "conv" and in_channels is None:
+            raise InputError("channel_mode 'conv' needs in_channels.")
+        self.in_channels, self.channel_mode = in_channels, channel_mode
+        if channel_mode == "conv":
+            self.channel_adapter = nn.Conv2d(in_channels, 3, kernel_size=1)
+            nn.init.constant_(self.channel_adapter.weight, 1.0 / in_channels)
+            nn.init.zeros_(self.channel_adapter.bias)
         self.image_encoder = image_encoder
         self.prompt_encoder = prompt_encoder
         self.mask_decoder = mask_decoder
@@ -127,12 +169,24 @@ class SamTeacher(nn.Module):
                     m.eval()
         return self
 
+    def to_rgb(self, x: torch.Tensor) -> torch.Tensor:
+        """C input channels → the encoder's 3 (see the class docstring)."""
+        c = x.shape[1]
+        if self.in_channels is not None and c != self.in_channels:
+            raise InputError(f"the teacher takes {self.in_channels}-channel images, got {c} channels.")
+        if self.channel_mode == "conv":
+            return self.channel_adapter(x)
+        if self.channel_mode == "composite":
+            return torch.cat([x, x.mean(dim=1, keepdim=True)], dim=1)
+        if c == 1:
+            return x.expand(-1, 3, -1, -1)
+        if c != 3:
+            raise InputError(f"The teacher takes 1- or 3-channel images, got {c} channels (set in_channels).")
+        return x
+
     def preprocess(self, x: torch.Tensor) -> torch.Tensor:
-        """Grayscale → 3 channels, resize to ``image_size``, pixel normalisation."""
-        if x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)
-        elif x.shape[1] != 3:
-            raise ValueError(f"The teacher takes 1- or 3-channel images, got {x.shape[1]} channels.")
+        """C channels → 3, resize to ``image_size``, pixel normalisation."""
+        x = self.to_rgb(x)
         if tuple(x.shape[-2:]) != (self.image_size, self.image_size):
             x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False)
         return (x - self.pixel_mean) / self.pixel_std
@@ -156,7 +210,9 @@ class SamTeacher(nn.Module):
         return self.forward_features(x)["logits"]
 
 
-def _build_modules(arch: TeacherArch, image_size: int, num_classes: int) -> SamTeacher:
+def _build_modules(
+    arch: TeacherArch, image_size: int, num_classes: int, in_channels: int | None = None, channel_mode: str = "auto"
+) -> SamTeacher:
     modeling = sam_modeling()
     if image_size % 16:
         raise InputError(f"image_size must be a multiple of 16, got {image_size}.")
@@ -198,7 +254,15 @@ def _build_modules(arch: TeacherArch, image_size: int, num_classes: int) -> SamT
         iou_head_depth=3,
         iou_head_hidden_dim=arch.iou_head_hidden_dim,
     )
-    return SamTeacher(image_encoder, prompt_encoder, mask_decoder, image_size, normalize=arch.normalize)
+    return SamTeacher(
+        image_encoder,
+        prompt_encoder,
+        mask_decoder,
+        image_size,
+        normalize=arch.normalize,
+        in_channels=in_channels,
+        channel_mode=channel_mode,
+    )
 
 
 def _adapt_state_dict(
@@ -215,6 +279,11 @@ def _adapt_state_dict(
     own = model.state_dict()
     out = dict(state)
     notes = []
+    adapter = [k for k in own if k.startswith("channel_adapter.") and k not in state]
+    for key in adapter:  # a SAM checkpoint has no C -> 3 adapter: it starts from its own initialisation
+        out[key] = own[key]
+    if adapter:
+        notes.append("channel_adapter initialised to the channel mean")
     key = "image_encoder.pos_embed"
     if key in state and key in own and state[key].shape != own[key].shape:
         pos = state[key].permute(0, 3, 1, 2).float()
@@ -280,6 +349,8 @@ def build_teacher(
     lora_dropout: float = 0.0,
     lora_decoder: bool = False,
     adapter: str | Path | None = None,
+    in_channels: int | None = None,
+    channel_mode: str = "auto",
 ) -> SamTeacher:
     """Build the teacher: base weights from ``checkpoint`` (None: random init), LoRA on the image encoder.
 
@@ -295,13 +366,16 @@ def build_teacher(
         lora_decoder: also put LoRA on the mask decoder's attention projections (the decoder's own weights then
             freeze; only its LoRA trains).
         adapter: a trained adapter (``adapter.pt``) or training checkpoint of this teacher to load on top.
+        in_channels: the images' channel count (None: 1 or 3 as given).
+        channel_mode: how C channels become the encoder's 3 (:class:`SamTeacher`): ``auto``, ``repeat``,
+            ``composite`` or ``conv``.
     """
     if arch not in TEACHER_ARCHS:
         raise InputError(f"teacher_arch must be one of {sorted(TEACHER_ARCHS)}, got '{arch}'.")
     if num_classes < 1:
         raise InputError(f"num_classes must be >= 1, got {num_classes}.")
     spec = TEACHER_ARCHS[arch]
-    model = _build_modules(spec, image_size or spec.image_size, num_classes)
+    model = _build_modules(spec, image_size or spec.image_size, num_classes, in_channels, channel_mode)
     if checkpoint:
         load_teacher_checkpoint(model, checkpoint, arch)
     rank = spec.lora_rank if lora_rank is None else lora_rank

@@ -39,7 +39,7 @@ def test_two_stage_train_evaluate_and_inference(setup):
 
     run(config_file=_cfg("train.json", "evaluate.json"), bundle_root=str(bundle), **o)
     summary = json.loads((bundle / "eval" / "metrics_summary.json").read_text())
-    assert summary["num_cases"] == 2 and set(summary["classes"]) == {"liver", "tumour"}
+    assert summary["num_cases"] == 2 and set(summary["classes"]) == {"class1", "class2"}
 
     run(config_file=_cfg("inference.json"), bundle_root=str(bundle), dataset_dir=o["dataset_dir"], image_size=64,
         num_workers=0)  # fmt: skip

@@ -137,7 +137,7 @@ def test_transfer_diffusion_multi_gpu_config_trains(one_process_group, tmp_path)
 def test_recokd_multi_gpu_config_trains_teacher_student_and_baseline(one_process_group, tmp_path):
     data = make_synthetic_dataset(tmp_path / "data", num_items=(2, 1, 1), size=16, ndim=3)
     tiny = {"dataset_dir": str(data), "filters": [8, 16, 32], "deep_supr_num": 1, "ds_weights": [0.5],
-            "patch_size": [16, 16, 16], "intensity_range": [0.0, 1.0], "batches_per_epoch": 2, "val_interval": 1,
+            "patch_size": [16, 16, 16], "batches_per_epoch": 2, "val_interval": 1,
             "num_workers": 0, "epochs": 1}  # fmt: skip
     teacher = tmp_path / "teacher"
     run(config_file=_configs("recokd_student", "train.json", "teacher.json", "multi_gpu_train.json"),

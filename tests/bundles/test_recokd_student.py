@@ -24,7 +24,6 @@ TINY = {
     "deep_supr_num": 1,
     "ds_weights": [0.5],
     "patch_size": [16, 16, 16],
-    "intensity_range": [0.0, 1.0],
     "batches_per_epoch": 2,
     "val_interval": 1,
     "num_workers": 0,
@@ -67,12 +66,11 @@ def test_recokd_student_trains_evaluates_and_infers(task):
 
     run(config_file=_cfg("train.json", "evaluate.json"), bundle_root=str(bundle), width_divisor=2, **o)
     summary = json.loads((bundle / "eval" / "metrics_summary.json").read_text())
-    assert summary["num_cases"] == 1 and set(summary["classes"]) == {"liver", "tumour"}
+    assert summary["num_cases"] == 1 and set(summary["classes"]) == {"class1", "class2"}
     assert all(np.isfinite(c["hd95_mean"]) for c in summary["classes"].values())
 
     run(config_file=_cfg("inference.json"), bundle_root=str(bundle), dataset_dir=o["dataset_dir"], width_divisor=2,
-        filters=o["filters"], deep_supr_num=1, patch_size=o["patch_size"], intensity_range=o["intensity_range"],
-        num_workers=0)  # fmt: skip
+        filters=o["filters"], deep_supr_num=1, patch_size=o["patch_size"], num_workers=0)  # fmt: skip
     preds = list((bundle / "predictions").rglob("*_seg.nii.gz"))
     assert len(preds) == 1 and nib.load(str(preds[0])).shape == (16, 16, 16)
 
@@ -115,8 +113,10 @@ def test_trainer_warms_lambda_trains_distillers_and_freezes_teacher(task):
     assert not torch.equal(distillers["reco_reco"].align[1].weight, align_before)  # distillers train
 
 
-def test_inference_config_verifies():
+def test_inference_config_verifies(tmp_path):
+    data = make_synthetic_dataset(tmp_path / "data", num_items=(1, 0, 0), size=16, ndim=3)
     verify_net_in_out(
+        dataset_dir=str(data),
         net_id="network_def",
         meta_file=str(CONFIGS / "metadata.json"),
         config_file=str(CONFIGS / "inference.json"),

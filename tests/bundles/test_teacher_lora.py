@@ -59,10 +59,13 @@ def test_evaluate_writes_per_class_metrics(trained):
     root, data = trained
     run(config_file=_cfg("train.json", "evaluate.json"), bundle_root=str(root), dataset_dir=str(data), **TINY)
     summary = json.loads((root / "eval" / "metrics_summary.json").read_text())
-    assert summary["num_cases"] == 2 and set(summary["classes"]) == {"liver", "tumour"}
+    assert summary["num_cases"] == 2 and set(summary["classes"]) == {"class1", "class2"}
     assert "empty" in summary["empty_mask_convention"]
     rows = (root / "eval" / "metrics_per_case.csv").read_text().splitlines()
-    assert rows[0] == "case,dice_liver,dice_tumour,hd95_liver,hd95_tumour" and len(rows) == 3
+    assert (
+        rows[0].startswith("case,dice_class1,dice_class2,hd95_class1,hd95_class2,sensitivity_class1") and len(rows) == 3
+    )
+    assert rows[0].endswith(",subject") and rows[1].endswith(",case006")  # subjects from the datalist
 
 
 def test_inference_writes_nifti_and_cache_writes_teacher_logits(trained):
@@ -78,7 +81,7 @@ def test_inference_writes_nifti_and_cache_writes_teacher_logits(trained):
     run(config_file=_cfg("inference.json", "cache.json"), bundle_root=str(root), dataset_dir=str(data), **TINY)
     teacher = build_teacher("tiny", image_size=64, num_classes=3, lora_rank=0)
     teacher.load_state_dict(torch.load(root / "models" / "model_merged.pt", weights_only=True))
-    cache = TeacherCache(root / "teacher_cache", teacher_fingerprint(teacher, 64))
+    cache = TeacherCache(root / "teacher_cache", teacher_fingerprint(teacher, 64))  # logits at the image's size
     image = nib.load(data / "images" / "image_000.nii.gz").get_fdata()
     entry = cache.load(torch.as_tensor(image, dtype=torch.float32)[None])
     assert entry is not None and entry["logits"].shape == (3, 48, 48)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 from pathlib import Path
 
@@ -66,10 +67,13 @@ def _write(root: Path, spec: dict) -> Path:
     return root
 
 
-def _preprocessing(image_size: int):
+def _preprocessing(image_size: int, normalisation: dict | None = None):
+    """The teacher's training preprocessing; the images are windowed from [-1000, 1000] (HU-like int16 images are
+    among them) unless ``normalisation`` says otherwise."""
     parser = ConfigParser()
     parser.read_config(str(TRAIN_CONFIG))
     parser["image_size"] = image_size
+    parser["normalisation"] = normalisation or {"method": "window", "range": [-1000.0, 1000.0]}
     return parser.get_parsed_content("train#preprocessing")
 
 
@@ -106,3 +110,23 @@ def test_any_label_value_outside_the_classes_is_refused_by_name(spec, which, exc
         nib.save(nib.Nifti1Image(label, np.eye(4)), path)
         with pytest.raises(DataError, match=rf"label '.*label_{which}.nii.gz' has values \[{bad}\] outside 0..{max(k, 2) - 1}"):  # fmt: skip
             load_datalist(root, "training", num_classes=k)
+
+
+@settings(max_examples=10, deadline=None, derandomize=True)
+@given(dataset_spec())
+def test_images_outside_the_normalisation_range_are_refused_by_name(spec):
+    """With the [0, 1] contract (normalisation range [0, 1]), an HU-like int16 image is refused naming its file;
+    images in [0, 1] pass."""
+    with tempfile.TemporaryDirectory() as tmp:
+        items = load_datalist(_write(Path(tmp), spec), "training", num_classes=spec["k"])
+        preprocessing = _preprocessing(spec["image_size"], {"method": "range", "range": [0, 1]})
+        for i, item in enumerate(spec["items"]):
+            if item["image_kind"] == "int16":
+                with pytest.raises(Exception) as info:
+                    preprocessing(items[i])
+                cause = info.value  # MONAI wraps a transform's error: the DataError is its cause
+                while cause is not None and not isinstance(cause, DataError):
+                    cause = cause.__cause__
+                assert re.search(rf"image '.*image_{i}.nii.gz' has values in .* outside", str(cause))
+            else:
+                assert float(preprocessing(items[i])["image"].max()) <= 1.2  # [0, 1] plus intensity augmentation

@@ -18,7 +18,7 @@ from common.engines.distillation import (
     collect_distillers,
     loss_terms,
 )
-from common.engines.teacher_cache import LoadTeacherCached, fill_teacher_cache
+from common.engines.teacher_cache import LoadTeacherCached, TeacherCache, fill_teacher_cache
 from common.losses.baselines import KnowledgeDistillationLoss
 from common.losses.iad import KnowledgeAssimilationLoss, SoftLabelDistillationLoss
 from common.losses.segmentation import dice_ce_loss
@@ -113,7 +113,7 @@ def test_stages_switch_and_kas_projections_train(task):
 
 def test_cached_teacher_gives_the_same_training_as_online(task, tmp_path):
     teacher = build_teacher("tiny", image_size=64).eval()
-    cache = fill_teacher_cache(tmp_path / "cache", teacher, task, image_size=64)
+    cache = fill_teacher_cache(TeacherCache(tmp_path / "cache", teacher=teacher, image_size=64), task)
     results = []
     # batch 4 at 64 px: BatchNorm over a 1x1 bottleneck with batch 2 would amplify float noise into chaos
     for loader, t in ((_loader(task, batch_size=4), teacher), (_loader(task, cache, batch_size=4), None)):
@@ -153,7 +153,7 @@ def test_cached_logits_that_do_not_fit_the_student_are_named(task, tmp_path):
     from common.errors import InputError
 
     teacher4 = build_teacher("tiny", image_size=64, num_classes=4).eval()
-    cache = fill_teacher_cache(tmp_path / "cache", teacher4, task, image_size=64)
+    cache = fill_teacher_cache(TeacherCache(tmp_path / "cache", teacher=teacher4, image_size=64), task)
     trainer = _trainer(build_student(3), None, _loader(task, cache), [_kd_stage(1)])
     with pytest.raises(InputError, match=r"cached teacher logits .* of shape \(2, 4, 64, 64\) do not fit the "
                        r"student's logits \(2, 3, 64, 64\)"):  # fmt: skip
@@ -181,10 +181,12 @@ def test_unlabelled_pretraining_from_cached_embeddings_matches_online(task, tmp_
 
     teacher = build_teacher("tiny", image_size=64).eval()  # embedding 32 x 4 x 4, like the test student's neck
     images = _unlabelled(task)
-    cache = fill_teacher_cache(tmp_path / "cache", teacher, images, image_size=64, outputs=("logits", "embedding"))
+    cache = fill_teacher_cache(
+        TeacherCache(tmp_path / "cache", teacher=teacher, image_size=64, outputs=("logits", "embedding")), images
+    )
     load = [LoadImaged(keys="image", ensure_channel_first=True), EnsureTyped(keys="image")]
     results, outputs = [], []
-    for t, extra in ((teacher, []), (None, [LoadTeacherCached(cache, outputs=("logits", "embedding"))])):
+    for t, extra in ((teacher, []), (None, [LoadTeacherCached(cache)])):
         data = [Compose(load + extra)(item) for item in images]
         torch.manual_seed(0)
         student = build_vit_student(3, image_size=64, preset="test")

@@ -38,5 +38,5 @@ def test_corrupt_or_misfitting_entries_name_the_file_to_delete(tmp_path, image):
     with pytest.raises(DataError, match="holds no 'logits' tensor"):
         LoadTeacherCached(cache)({"image": image})
     cache.save(image, {"logits": torch.ones(3, 8, 8)})
-    with pytest.raises(DataError, match=r"spatial size \(8, 8\) for image '.*image_007.nii.gz' of \(16, 16\)"):
+    with pytest.raises(DataError, match=r"spatial size \(8, 8\) for image '.*image_007.nii.gz', expected \(16, 16\)"):
         LoadTeacherCached(cache)({"image": image})

@@ -55,13 +55,18 @@ def _code_strings(config, key=None):
 def exported(tmp_path_factory):
     """Every bundle exported (with a random checkpoint where it has a network to export) and checked in one
     process; returns {bundle: (folder, report)}."""
+    from common.data.synthetic import make_synthetic_dataset
+
     root = tmp_path_factory.mktemp("export")
+    volumes = make_synthetic_dataset(root / "volumes", num_items=(1, 0, 0), size=16, ndim=3)  # the 3D bundle's data
     jobs, folders = [], {}
     for bundle in EXPORTABLE:
         settings = TINY.get(bundle, {})
-        overrides = settings.get("overrides", {})
+        data = volumes if bundle == "recokd_student" else None  # the others: the sample data (data/lits_liver)
+        overrides = {**settings.get("overrides", {}), **({"dataset_dir": str(data)} if data else {})}
         ckpt = _random_checkpoint(bundle, overrides, root / f"{bundle}.pt") if settings.get("ckpt", True) else None
-        out = export_bundle(BUNDLES / bundle, root / bundle, ckpt=ckpt, weights_url="https://example.org/w")
+        out = export_bundle(BUNDLES / bundle, root / bundle, ckpt=ckpt, weights_url="https://example.org/w",
+                            dataset_dir=data)  # fmt: skip
         folders[bundle] = out
         jobs.append({"out": str(out), "overrides": overrides, "n": settings.get("n", 1),
                      "onnx": settings.get("onnx", False)})  # fmt: skip
@@ -149,9 +154,40 @@ def test_bad_input_is_refused_with_a_clear_message(tmp_path, capsys):
     bad = tmp_path / "bad"
     shutil.copytree(BUNDLES / "iad_student", bad, ignore=shutil.ignore_patterns("models", "outputs", "eval"))
     meta = json.loads((bad / "configs" / "metadata.json").read_text())
-    meta["network_data_format"]["outputs"]["pred"]["num_channels"] = 2
+    meta["version"] = "9.9.9"
     (bad / "configs" / "metadata.json").write_text(json.dumps(meta))
-    with pytest.raises(ExportError, match="num_channels 2 but 3 channel_def"):
+    with pytest.raises(ExportError, match="version '9.9.9' has no entry in 'changelog'"):
         export_bundle(bad, tmp_path / "bad_out")
+    with pytest.raises(ExportError, match="no dataset.json in .*--dataset-dir"):
+        export_bundle(BUNDLES / "iad_student", tmp_path / "nodata", dataset_dir=tmp_path)
     assert main([str(BUNDLES / "iad_student"), "--out", str(tmp_path / "x"), "--ckpt", str(tmp_path / "none.pt")]) == 1
     assert "error: --ckpt" in capsys.readouterr().err
+
+
+def test_export_describes_the_training_data(tmp_path):
+    """The exported bundle takes labels, channels, normalisation and licence from the training data's dataset.json,
+    not the sample data's, and its configs no longer need that file."""
+    from common.data.dataset_info import load_dataset_info, write_dataset_info
+    from common.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "rgb", num_items=(1, 0, 0), size=32, num_classes=2, in_channels=3,
+                                  file_format="png")  # fmt: skip
+    info = load_dataset_info(data)
+    info.extra["licence"] = "CC BY 4.0 (test data)"
+    write_dataset_info(data, info)
+    out = export_bundle(BUNDLES / "iad_student", tmp_path / "out", dataset_dir=data)
+    meta = json.loads((out / "configs" / "metadata.json").read_text())
+    fmt = meta["network_data_format"]
+    assert fmt["inputs"]["image"]["num_channels"] == 3 and fmt["outputs"]["pred"]["num_channels"] == 2
+    assert fmt["outputs"]["pred"]["channel_def"] == {"0": "background", "1": "class1"}
+    assert meta["data_license"] == "CC BY 4.0 (test data)" and "range [0.0, 255.0]" in meta["image_classes"]
+    assert (out / "docs" / "data_license.txt").read_text().strip() == "CC BY 4.0 (test data)"
+    assert (out / "docs" / Path(meta["schema"]).name).is_file()  # the schema the checks used travels with it
+    parser = ConfigParser()
+    parser.read_config(str(out / "configs" / "inference.json"))
+    literal = parser.get("dataset_info")
+    assert (
+        literal["_target_"] == "scripts.data.dataset_info.DatasetInfo"
+        and literal["channel_names"] == info.channel_names
+    )
+    assert literal["normalisation"] == {"method": "range", "range": [0.0, 255.0]}

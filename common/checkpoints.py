@@ -11,7 +11,18 @@ import torch
 
 from common.errors import CheckpointError
 
-__all__ = ["atomic_save", "read_checkpoint", "read_state_dict", "mismatch_report", "load_checked"]
+__all__ = ["atomic_save", "optional_path", "read_checkpoint", "read_state_dict", "mismatch_report", "load_checked"]
+
+
+_NO_PATH = ("", "null", "none")
+
+
+def optional_path(value: str | os.PathLike[str] | None) -> str | os.PathLike[str] | None:
+    """``value``, or None for no file: None itself, or the strings ``null``/``None``/``none``/``''`` that a command
+    line (``--teacher_ckpt null``) gives instead of JSON null, which would otherwise be looked up as a file name."""
+    if value is None or (isinstance(value, str) and value.strip().lower() in _NO_PATH):
+        return None
+    return value
 
 
 def atomic_save(obj: object, path: str | os.PathLike[str]) -> Path:

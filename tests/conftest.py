@@ -48,34 +48,45 @@ def fake_metrics_summary(liver: float, tumour: float, cases: int = 3) -> dict:
     return {"num_cases": cases, "classes": classes, "mean_dice": (liver + tumour) / 2, "empty_mask_convention": "conv"}
 
 
-def tiny_distillation_task(
-    root: Path, num_items: tuple[int, int, int] = (4, 2, 2), adapter: bool = True, **overrides
-) -> dict[str, object]:
-    """Command-line overrides of a student bundle for a tiny synthetic 64-px task in ``root``: the data, a random
-    ``tiny`` SAM checkpoint (seed 0) as the teacher and, with ``adapter``, a LoRA adapter on it; ``overrides`` win."""
+def tiny_teacher(root: Path, num_classes: int = 3, adapter: bool = True) -> dict[str, object]:
+    """Command-line overrides for a student bundle's teacher: a random ``tiny`` SAM checkpoint (seed 0) of
+    ``num_classes`` classes at 64 px in ``root`` and, with ``adapter``, a LoRA adapter on it."""
     import torch
 
-    from common.data.synthetic import make_synthetic_dataset
     from common.networks.lora import save_adapter
     from common.networks.sam_teacher import build_teacher
 
     root = Path(root)
-    data = make_synthetic_dataset(root / "data", num_items=num_items, size=64)
+    root.mkdir(parents=True, exist_ok=True)
     base = root / "tiny_sam.pth"
     torch.manual_seed(0)
-    torch.save(build_teacher("tiny", num_classes=3, lora_rank=0).state_dict(), base)
+    torch.save(build_teacher("tiny", num_classes=num_classes, lora_rank=0).state_dict(), base)
     out: dict[str, object] = {
-        "dataset_dir": str(data),
         "teacher_arch": "tiny",
         "teacher_ckpt": str(base),
         "teacher_image_size": 64,
         "teacher_cache_dir": str(root / "teacher_cache"),
+    }
+    if adapter:
+        teacher = build_teacher("tiny", checkpoint=base, num_classes=num_classes)
+        out["teacher_adapter"] = str(save_adapter(teacher, root / "adapter.pt"))
+    return out
+
+
+def tiny_distillation_task(
+    root: Path, num_items: tuple[int, int, int] = (4, 2, 2), adapter: bool = True, **overrides
+) -> dict[str, object]:
+    """Command-line overrides of a student bundle for a tiny synthetic 64-px task in ``root``: the data and a
+    :func:`tiny_teacher` (with a LoRA adapter when ``adapter``); ``overrides`` win."""
+    from common.data.synthetic import make_synthetic_dataset
+
+    root = Path(root)
+    data = make_synthetic_dataset(root / "data", num_items=num_items, size=64)
+    out: dict[str, object] = {
+        "dataset_dir": str(data),
+        **tiny_teacher(root, num_classes=3, adapter=adapter),
         "image_size": 64,
         "batch_size": 2,
         "num_workers": 0,
     }
-    if adapter:
-        out["teacher_adapter"] = str(
-            save_adapter(build_teacher("tiny", checkpoint=base, num_classes=3), root / "adapter.pt")
-        )
     return {**out, **overrides}

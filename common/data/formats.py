@@ -425,8 +425,9 @@ class BratsReader(Reader):
             url=self.url,
             licence="CC BY-NC-SA 3.0 CH (BraTS; non-commercial, share-alike, attribution)",
             extra={
-                # the BraTS evaluation regions (scored beside the classes): whole tumour, tumour core, enhancing
-                "regions": {"whole tumour": [1, 2, 3, 4], "tumour core": [1, 3, 4], "enhancing tumour": [4]},
+                # the BraTS evaluation regions (scored beside the classes): WT whole tumour, TC tumour core, ET
+                # enhancing tumour (BraTS names; "enhancing tumour" is also class 4)
+                "regions": {"WT": [1, 2, 3, 4], "TC": [1, 3, 4], "ET": [4]},
                 **({"licence_file": licence_files[0].name} if licence_files else {}),
             },
         )

@@ -15,6 +15,7 @@ The network, schedulers and inferer are MONAI's (``DiffusionModelUNet``, ``DDPMS
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import math
@@ -29,6 +30,8 @@ from monai.engines.utils import DiffusionPrepareBatch
 from monai.inferers import DiffusionInferer
 from torch import nn
 from tqdm import tqdm
+
+from common.data.dataset_info import DatasetInfo, write_dataset_info
 
 __all__ = [
     "SeededDiffusionPrepareBatch",
@@ -130,9 +133,11 @@ def save_grid(images: torch.Tensor | np.ndarray, path: str | Path, value_range: 
 class TransferSetGenerator:
     """Sample ``num_samples`` images and write the transfer set the students read.
 
-    ``output_dir`` receives ``images/synth_<i>.nii.gz`` (float32 in ``intensity_range``, unit spacing),
+    ``output_dir`` receives ``images/synth_<i>.nii.gz`` (float32 in ``intensity_range``, unit spacing; with C > 1
+    channels one file per channel, ``synth_<i>_<c>.nii.gz``, as prepared multi-channel datasets store them),
     ``datalist.json`` (``{"training": [{"image": "images/synth_<i>.nii.gz"}, ...]}``, paths relative to the
-    folder, so the folder is a ``dataset_dir``), ``samples.png`` (the first ``grid_size`` images) and
+    folder, so the folder is a ``dataset_dir``), ``dataset.json`` (``dataset_info``'s channels, classes and
+    normalisation: the images are stored like the real ones), ``samples.png`` (the first ``grid_size`` images) and
     ``generation.json`` (the settings). Files already written by an interrupted run with the same settings are
     kept, so a re-run only samples what is missing.
     """
@@ -152,6 +157,7 @@ class TransferSetGenerator:
         grid_size: int = 64,
         device: torch.device | str = "cpu",
         progress: bool = True,
+        dataset_info: DatasetInfo | None = None,
     ) -> None:
         if int(num_samples) < 1:
             raise ValueError(f"num_samples must be at least 1, got {num_samples}.")
@@ -167,6 +173,7 @@ class TransferSetGenerator:
         self.grid_size = int(grid_size)
         self.device = torch.device(device)
         self.progress = progress
+        self.dataset_info = dataset_info
 
     def _settings(self) -> dict:
         return {
@@ -178,7 +185,18 @@ class TransferSetGenerator:
         }
 
     def image_path(self, i: int) -> Path:
-        return self.output_dir / "images" / f"synth_{i:05d}.nii.gz"
+        """The file of image ``i`` (of its first channel when there are several)."""
+        return self.channel_paths(i)[0]
+
+    def channel_paths(self, i: int) -> list[Path]:
+        """The files of image ``i``: one, or one per channel."""
+        if self.shape[0] == 1:
+            return [self.output_dir / "images" / f"synth_{i:05d}.nii.gz"]
+        return [self.output_dir / "images" / f"synth_{i:05d}_{c:04d}.nii.gz" for c in range(self.shape[0])]
+
+    def _item(self, i: int) -> dict:
+        paths = [str(p.relative_to(self.output_dir)) for p in self.channel_paths(i)]
+        return {"image": paths[0] if len(paths) == 1 else paths}
 
     def run(self) -> Path:
         """Generate what is missing, then write ``datalist.json`` and the grid; returns the datalist path."""
@@ -190,7 +208,7 @@ class TransferSetGenerator:
             for p in (self.output_dir / "images").glob("synth_*.nii.gz"):
                 p.unlink()
         record.write_text(json.dumps({"settings": settings, "num_samples": self.num_samples}, indent=2))
-        todo = [i for i in range(self.num_samples) if not self.image_path(i).is_file()]
+        todo = [i for i in range(self.num_samples) if not all(p.is_file() for p in self.channel_paths(i))]
         if len(todo) < self.num_samples:
             logger.info(
                 "%d of %d images already written; sampling the rest.", self.num_samples - len(todo), self.num_samples
@@ -203,23 +221,24 @@ class TransferSetGenerator:
                 sample(self.network, self.scheduler, noise, self.num_inference_steps), self.intensity_range
             )
             for i, img in zip(batch, images.cpu().numpy().astype(np.float32)):
-                path = self.image_path(i)
-                tmp = path.with_name(path.name.replace(".nii.gz", ".tmp.nii.gz"))
-                # One channel is written without a channel axis, as the real slices are; channels go last.
-                nib.save(nib.Nifti1Image(img[0] if img.shape[0] == 1 else np.moveaxis(img, 0, -1), affine), tmp)
-                tmp.replace(path)
-        datalist = {
-            "training": [
-                {"image": str(self.image_path(i).relative_to(self.output_dir))} for i in range(self.num_samples)
-            ]
-        }
+                # each channel without a channel axis, as the real slices are stored
+                for path, channel in zip(self.channel_paths(i), img):
+                    tmp = path.with_name(path.name.replace(".nii.gz", ".tmp.nii.gz"))
+                    nib.save(nib.Nifti1Image(channel, affine), tmp)
+                    tmp.replace(path)
+        datalist = {"training": [self._item(i) for i in range(self.num_samples)]}
         path = self.output_dir / "datalist.json"
         path.write_text(json.dumps(datalist, indent=1))
-        grid = [
-            np.asarray(nib.load(self.image_path(i)).dataobj, np.float32)
-            for i in range(min(self.grid_size, self.num_samples))
-        ]
-        grid = np.stack([g[None] if g.ndim == len(self.shape) - 1 else np.moveaxis(g, -1, 0) for g in grid])
+        if self.dataset_info is not None:
+            info = copy.deepcopy(self.dataset_info)
+            info.description = f"synthetic transfer set of {info.name} (no labels): {self.num_samples} images"
+            write_dataset_info(self.output_dir, info)
+        grid = np.stack(
+            [
+                np.stack([np.asarray(nib.load(p).dataobj, np.float32) for p in self.channel_paths(i)])
+                for i in range(min(self.grid_size, self.num_samples))
+            ]
+        )
         save_grid(grid, self.output_dir / "samples.png", self.intensity_range)
         logger.info(
             "Transfer set: %d images, datalist %s, grid %s", self.num_samples, path, self.output_dir / "samples.png"

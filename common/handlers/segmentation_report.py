@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from ignite.engine import Engine, Events
 
+from common.errors import InputError
 from common.evaluation import case_metrics, summarize
 
 __all__ = ["SegmentationReport", "format_table"]
@@ -79,6 +80,9 @@ class SegmentationReport:
     ) -> None:
         self.output_dir = Path(output_dir)
         self.regions = dict(regions or {})
+        clash = set(self.regions) & set(class_names)
+        if clash:
+            raise InputError(f"region names {sorted(clash)} are also class names: name regions differently.")
         self.class_names = list(class_names) + list(self.regions)
         self.cldice = cldice
         self.roi_key, self.subject_key = roi_key, subject_key

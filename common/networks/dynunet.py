@@ -24,7 +24,7 @@ import torch
 from monai.networks.nets import DynUNet
 from torch import nn
 
-from common.checkpoints import load_checked
+from common.checkpoints import load_checked, optional_path
 from common.errors import InputError
 
 __all__ = ["DynUNetSegmenter", "divided_filters", "build_dynunet", "count_parameters"]
@@ -149,6 +149,7 @@ def build_dynunet(
         deep_supervision=deep_supervision,
         deep_supr_num=deep_supr_num,
     )
+    checkpoint = optional_path(checkpoint)
     if checkpoint is not None:
         misfit = (
             f"'{checkpoint}' does not fit a DynUNet with filters {network.filters} and {num_classes} classes "

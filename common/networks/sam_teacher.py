@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common.checkpoints import mismatch_report, read_state_dict
+from common.checkpoints import mismatch_report, optional_path, read_state_dict
 from common.errors import CheckpointError, InputError
 from common.networks.lora import inject_lora, load_adapter
 
@@ -375,6 +375,7 @@ def build_teacher(
     if num_classes < 1:
         raise InputError(f"num_classes must be >= 1, got {num_classes}.")
     spec = TEACHER_ARCHS[arch]
+    checkpoint, adapter = optional_path(checkpoint), optional_path(adapter)
     model = _build_modules(spec, image_size or spec.image_size, num_classes, in_channels, channel_mode)
     if checkpoint:
         load_teacher_checkpoint(model, checkpoint, arch)

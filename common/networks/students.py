@@ -31,7 +31,7 @@ import torch
 from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 
-from common.checkpoints import read_state_dict
+from common.checkpoints import optional_path, read_state_dict
 from common.errors import CheckpointError, InputError
 
 __all__ = ["EfficientUNetStudent", "build_student", "load_imagenet_encoder_weights", "adapt_stem_weight"]
@@ -152,6 +152,7 @@ class EfficientUNetStudent(FlexibleUNet):
         self.in_channels = in_channels
         self.feature_channels: int = feature_channel[-1]
         self.size_divisor: int = 2 ** len(feature_channel)
+        pretrained_path = optional_path(pretrained_path)
         if pretrained_path is not None:
             if spatial_dims != 2:
                 raise CheckpointError(

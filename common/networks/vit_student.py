@@ -16,7 +16,7 @@ import torch
 from monai.networks.nets import ViT
 from torch import nn
 
-from common.checkpoints import load_checked
+from common.checkpoints import load_checked, optional_path
 from common.errors import CheckpointError, InputError
 from common.networks.tiny_vit import LayerNorm2d
 
@@ -134,6 +134,7 @@ def build_vit_student(
     if preset not in presets:
         raise InputError(f"student preset must be one of {sorted(presets)}, got '{preset}'.")
     model = ViTStudent(num_classes, image_size, in_channels, **presets[preset])
+    pretrained = optional_path(pretrained)
     if pretrained:
         if not Path(pretrained).is_file():
             raise CheckpointError(

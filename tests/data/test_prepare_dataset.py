@@ -243,7 +243,7 @@ def test_brats_slices_two_channels_zscored_with_a_background_share(tmp_path):
     info = load_dataset_info(out)
     assert info.channel_names == ["FLAIR", "T1c"] and info.normalisation["method"] == "zscore"
     assert info.spacing == [1.0, 1.0] and info.extra["slices"]["background_share"] == 0.2
-    assert info.extra["regions"]["tumour core"] == [1, 3, 4]
+    assert info.extra["regions"]["TC"] == [1, 3, 4]
     item = lists["training"][0]
     assert {"subject", "volume", "slice"} <= set(item)
     flat = nib.load(str(out / item["image"][0]))

@@ -109,3 +109,43 @@ def test_bundle_infer_task_segments_a_nifti_volume(tmp_path):
         expected = inferer(image, network).argmax(1)[0].numpy()
     assert len(np.unique(expected)) > 1
     np.testing.assert_array_equal(predicted, expected)
+
+
+def test_bundle_infer_task_segments_a_volume_with_a_2d_student(tmp_path):
+    """The 2D EfficientNet-B1 student (iad_student), exported and put in ``<app>/model/``: MONAI Label runs its
+    inference.json on a NIfTI CT volume, slice by slice, and writes a 3D label volume in the image's space that
+    equals the network's own slice-wise argmax at the training size."""
+    import torch.nn.functional as F
+
+    from common.networks.students import build_student
+
+    torch.manual_seed(0)
+    network = build_student(num_classes=3, in_channels=1).eval()
+    with torch.no_grad():  # a random head's bias decides every pixel alike: sharpen it so the labels vary
+        network.segmentation_head[0].bias.zero_()
+        network.segmentation_head[0].weight.mul_(100)
+    torch.save(network.state_dict(), tmp_path / "model.pt")
+    data = _ct_dataset(tmp_path / "data", spacing=[0.8, 0.8], dim=2)
+    bundle = _export_module().export_bundle(REPO / "bundles" / "iad_student", tmp_path / "app" / "model" / "iad",
+                                            ckpt=tmp_path / "model.pt", dataset_dir=data)  # fmt: skip
+    rng = np.random.default_rng(0)
+    volume = rng.normal(0.0, 40.0, (96, 80, 5)).astype(np.float32)
+    volume[20:70, 10:50, :] += 150.0
+    affine = np.array([[0, -0.8, 0, 10.0], [-0.8, 0, 0, 5.0], [0, 0, 3.0, -20.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(volume, affine), tmp_path / "volume.nii.gz")
+
+    task = _import_bundle_infer_task()(str(bundle), conf={"preload": "false"})
+    assert task.is_valid() and task.labels == {"liver": 1, "tumour": 2}
+    label_path, _ = task({"image": str(tmp_path / "volume.nii.gz"), "device": "cpu", "result_extension": ".nii.gz"})
+    label = nib.load(label_path)
+    predicted = np.asarray(label.dataobj)
+    assert predicted.shape == volume.shape
+    assert np.allclose(label.affine, affine, atol=1e-5)
+
+    x = torch.from_numpy(np.clip((volume + 125.0) / 400.0, 0.0, 1.0))
+    with torch.no_grad():
+        planes = F.interpolate(x.permute(2, 0, 1)[:, None], size=(128, 128), mode="bilinear", align_corners=False)
+        logits = F.interpolate(network(planes), size=volume.shape[:2], mode="bilinear", align_corners=False)
+    expected = logits.argmax(1).permute(1, 2, 0).numpy()
+    assert len(np.unique(expected)) > 1
+    np.testing.assert_array_equal(predicted, expected)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +13,8 @@ from torch import nn
 from common.data.synthetic import make_synthetic_dataset
 from common.errors import InputError
 from scripts import benchmark
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def test_the_networks_are_the_two_teachers_and_the_two_students_at_their_sizes():
@@ -90,3 +93,21 @@ def test_the_page_has_the_machine_the_tables_and_the_cached_overhead():
     assert "costs +5.0% per step over the student alone" in md
     assert "latency AMP" not in md  # CPU run: no AMP / compile columns
     assert benchmark.cached_overhead(steps[3:]) is None
+
+
+def test_volume_benchmark_section(tmp_path):
+    """scripts/benchmark_volume.py on a tiny volume: the three ways run, agree voxel for voxel, and their section
+    replaces an older one in the Markdown file (the rest of the file is kept)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("benchmark_volume", REPO / "scripts" / "benchmark_volume.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    out = tmp_path / "bench.md"
+    out.write_text(f"# Benchmarks\n\nkept\n\n{module.BEGIN}\nold\n{module.END}\n")
+    text = module.main(["--shape", "48", "40", "3", "--image-size", "32", "--repeats", "1", "--threads", "1",
+                        "--out", str(out)])  # fmt: skip
+    written = out.read_text()
+    assert written.startswith("# Benchmarks\n\nkept\n") and "old" not in written and text in written
+    assert "labels equal PyTorch's at 100.0000%" in text and "plain loop's at 100.0000%" in text
+    assert "--shape 48 40 3" in text

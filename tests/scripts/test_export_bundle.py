@@ -191,3 +191,5 @@ def test_export_describes_the_training_data(tmp_path):
         and literal["channel_names"] == info.channel_names
     )
     assert literal["normalisation"] == {"method": "range", "range": [0.0, 255.0]}
+    # the one-line error report is installed where the exported commands start
+    assert parser.get("initialize")[0] == {"_target_": "scripts.errors.install_excepthook"}

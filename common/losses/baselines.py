@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.losses.iad import resize_spatial
+from common.losses.functional import resize_spatial
 
 __all__ = [
     "KnowledgeDistillationLoss",

@@ -31,10 +31,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from common.losses.functional import class_probabilities, num_label_classes, resize_label, resize_spatial
+
 __all__ = [
-    "class_probabilities",
-    "resize_spatial",
-    "resize_label",
     "inverse_frequency_weights",
     "class_weights_from_labels",
     "class_weights_from_datalist",
@@ -45,50 +44,6 @@ __all__ = [
     "contrastive_semantic_loss",
     "KnowledgeAssimilationLoss",
 ]
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# helpers
-# ----------------------------------------------------------------------------------------------------------------------
-def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """S(·): softmax over the class axis (dim 1), sigmoid when there is a single channel (K = 1)."""
-    return torch.sigmoid(logits) if logits.shape[1] == 1 else torch.softmax(logits, dim=1)
-
-
-def resize_spatial(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resize a (B,C,*spatial) map to ``size`` with (bi/tri)linear interpolation, ``align_corners=False``.
-
-    Returns ``x`` unchanged when its spatial size already equals ``size``.
-    """
-    size = tuple(int(s) for s in size)
-    if tuple(x.shape[2:]) == size:
-        return x
-    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[len(size)]
-    return F.interpolate(x, size=size, mode=mode, align_corners=False)
-
-
-def resize_label(label: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Bring an integer label map to shape (B,*size), resizing it with nearest-neighbour when needed.
-
-    Args:
-        label: (B,1,*spatial) or (B,*spatial) class indices (any dtype holding integers).
-        size: the target spatial size (that of the logits / feature maps).
-    """
-    size = tuple(int(s) for s in size)
-    if label.ndim == len(size) + 2:
-        if label.shape[1] != 1:
-            raise ValueError(f"label must be a class-index map with one channel, got shape {tuple(label.shape)}.")
-        label = label[:, 0]
-    elif label.ndim != len(size) + 1:
-        raise ValueError(f"label of shape {tuple(label.shape)} does not match a spatial size {size}.")
-    if tuple(label.shape[1:]) != size:
-        label = F.interpolate(label[:, None].float(), size=size, mode="nearest")[:, 0]
-    return label.round().long()
-
-
-def _num_label_classes(num_classes: int) -> int:
-    """Label values per channel count: K = 1 (one sigmoid logit) still has two label regions, 0 and 1."""
-    return 2 if num_classes == 1 else num_classes
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -124,7 +79,7 @@ def class_weights_from_labels(
     Values outside [0, N) are ignored, N = num_classes (N = 2 when num_classes = 1: a binary label map
     still holds background 0 and foreground 1).
     """
-    n = _num_label_classes(num_classes)
+    n = num_label_classes(num_classes)
     counts = np.zeros(n, dtype=np.float64)
     for label in labels:
         arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
@@ -175,7 +130,7 @@ def resolve_class_weights(
     - a sequence of N numbers → as given (paper, Synapse: gallbladder 2, pancreas 4, the rest 1);
     - ``"auto"`` → :func:`class_weights_from_datalist` on ``datalist`` (required then).
     """
-    n = _num_label_classes(num_classes)
+    n = num_label_classes(num_classes)
     if weights is None:
         return [1.0] * n
     if isinstance(weights, str):
@@ -253,7 +208,7 @@ class PrototypeAlignmentLoss(nn.Module):
     ) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
-        self.num_label_classes = _num_label_classes(self.num_classes)
+        self.num_label_classes = num_label_classes(self.num_classes)
         self.use_features = use_features
         weights = resolve_class_weights(class_weights, self.num_classes, datalist=datalist, datalist_key=datalist_key)
         self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)

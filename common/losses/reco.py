@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.losses.iad import resize_label
+from common.losses.functional import resize_label
 
 __all__ = [
     "stage_weights",

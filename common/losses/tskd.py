@@ -12,16 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["FeatureAlignmentLoss", "PredictionAlignmentLoss", "match_grid"]
+from common.losses.functional import match_grid
 
-
-def match_grid(teacher: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """``teacher`` (B, C, *grid) brought to spatial ``size``: area average when it is finer, bilinear when coarser."""
-    if tuple(teacher.shape[2:]) == tuple(size):
-        return teacher
-    if all(t >= s for t, s in zip(teacher.shape[2:], size)):
-        return F.adaptive_avg_pool2d(teacher, size)
-    return F.interpolate(teacher, size=size, mode="bilinear", align_corners=False)
+__all__ = ["FeatureAlignmentLoss", "PredictionAlignmentLoss"]
 
 
 class FeatureAlignmentLoss(nn.Module):

@@ -7,7 +7,8 @@ import pytest
 import torch
 from torch.autograd import gradcheck
 
-from common.losses.tskd import FeatureAlignmentLoss, PredictionAlignmentLoss, match_grid
+from common.losses.functional import match_grid
+from common.losses.tskd import FeatureAlignmentLoss, PredictionAlignmentLoss
 
 
 def test_feature_alignment_pools_a_finer_teacher_grid_by_area_then_takes_the_mse() -> None:

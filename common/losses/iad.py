@@ -2,7 +2,8 @@
 
 Stage 1, Knowledge Infusion (KIS), teacher frozen:
 
-- :class:`SoftLabelDistillationLoss`: L_sld, L2 between teacher and student logits.
+- :class:`SoftLabelDistillationLoss`: L_sld, L2 between teacher and student logits (also TS-KD's prediction term,
+  with ``resize="student_to_teacher"``).
 - :class:`PrototypeAlignmentLoss`: L_cpd, class-weighted alignment of per-image class prototypes.
   Per-class weights come from :func:`resolve_class_weights` (``None`` / list / ``"auto"``); ``"auto"`` uses
   :func:`class_weights_from_datalist` → :func:`class_weights_from_labels` → :func:`inverse_frequency_weights`.
@@ -44,6 +45,8 @@ __all__ = [
     "contrastive_semantic_loss",
     "KnowledgeAssimilationLoss",
 ]
+
+RESIZE_DIRECTIONS = ("teacher_to_student", "student_to_teacher")
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -149,20 +152,36 @@ def resolve_class_weights(
 # stage 1: knowledge infusion
 # ----------------------------------------------------------------------------------------------------------------------
 class SoftLabelDistillationLoss(nn.Module):
-    """Soft-label distillation, IAD stage 1 (METHODS.md §4, KIS): L2 between teacher and student logits.
+    """Soft-label distillation: L2 between teacher and student logits, IAD's L_sld and TS-KD's prediction term.
 
-    Paper:        L_sld = (1/B) · Σ_b ||O_t^b − O_s^b||²
-    Implemented:  L_sld = mean over all B·K·H·W elements of (O_t − O_s)²  (``F.mse_loss``)
-                        = paper's L_sld / (K·H·W)   (K·D·H·W in 3D).
+    IAD stage 1 (METHODS.md §4, KIS):  L_sld = (1/B) · Σ_b ||O_t^b − O_s^b||²
+    TS-KD pre-training (METHODS.md §3): the λ_p·MSE(O_s, O_t) term of L = λ_f·MSE(neck(h_s), E_t) + λ_p·MSE(O_s, O_t)
+    Implemented:  mean over all B·K·H·W elements of (O_t − O_s)²  (``F.mse_loss``)
+                  = paper's L_sld / (K·H·W)   (K·D·H·W in 3D).
 
     The two differ by the constant factor K·H·W, which the stage weight α absorbs; the element mean keeps the
     value independent of image size and class count ("mean squared error on logits", as METHODS states).
-    Teacher logits are detached; when their spatial size differs from the student's they are resized to the
-    student's size (bilinear, ``align_corners=False``).
+    Teacher logits are detached. When the two spatial sizes differ, one map is resized (bilinear, trilinear in 3D,
+    ``align_corners=False``) to the other's size, chosen by ``resize``:
+
+    - ``"teacher_to_student"`` (IAD, the default): the teacher's logits to the student's size; the mean runs over the
+      student's pixels.
+    - ``"student_to_teacher"`` (TS-KD): the student's logits to the teacher's size (the teacher's full-resolution
+      output); the mean runs over the teacher's pixels and the gradient flows back through the interpolation.
     """
 
+    def __init__(self, resize: str = "teacher_to_student") -> None:
+        super().__init__()
+        if resize not in RESIZE_DIRECTIONS:
+            raise ValueError(f"resize must be one of {RESIZE_DIRECTIONS}, got '{resize}'.")
+        self.resize = resize
+
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
-        teacher_logits = resize_spatial(teacher_logits.detach(), student_logits.shape[2:])
+        teacher_logits = teacher_logits.detach()
+        if self.resize == "teacher_to_student":
+            teacher_logits = resize_spatial(teacher_logits, student_logits.shape[2:])
+        else:
+            student_logits = resize_spatial(student_logits, teacher_logits.shape[2:])
         if teacher_logits.shape != student_logits.shape:
             raise ValueError(f"Teacher {tuple(teacher_logits.shape)} vs student {tuple(student_logits.shape)}.")
         return F.mse_loss(student_logits, teacher_logits.to(student_logits.dtype))

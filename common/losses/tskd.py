@@ -1,5 +1,9 @@
 """TS-KD pre-training losses (METHODS.md §3): L = λ_f·MSE(neck(h_s), E_t) + λ_p·MSE(O_s, O_t).
 
+The feature term is :class:`FeatureAlignmentLoss`, below. The prediction term MSE(O_s, O_t) is IAD's soft-label
+distillation with the student's logits resized to the teacher's size:
+``common.losses.iad.SoftLabelDistillationLoss(resize="student_to_teacher")``.
+
 The teacher's image embedding E_t is 256×(s/16)² for SAM's ViTs, like the student's neck output, but LiteMedSAM's
 TinyViT gives 256×(s/4)². The feature term then average-pools E_t to the student's grid (area averaging: each student
 token is matched with the mean of the teacher pixels it covers); a teacher grid coarser than the student's is upsampled
@@ -14,12 +18,15 @@ from torch import nn
 
 from common.losses.functional import match_grid
 
-__all__ = ["FeatureAlignmentLoss", "PredictionAlignmentLoss"]
+__all__ = ["FeatureAlignmentLoss"]
 
 
 class FeatureAlignmentLoss(nn.Module):
-    """MSE(student embedding, teacher embedding on the student's grid); channel counts must agree (the neck's
-    ``embed_dim`` is the teacher's embedding width)."""
+    """TS-KD's feature term (METHODS.md §3): L_f = MSE(neck(h_s), match_grid(E_t)), a mean over every element.
+
+    ``match_grid`` brings E_t to the student's token grid (area average when finer, bilinear when coarser). Batch and
+    channel counts must agree (the neck's ``embed_dim`` is the teacher's embedding width).
+    """
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         if student.shape[:2] != teacher.shape[:2]:
@@ -28,12 +35,3 @@ class FeatureAlignmentLoss(nn.Module):
                 "batch or channels: set the student's embed_dim to the teacher's embedding width."
             )
         return F.mse_loss(student, match_grid(teacher.detach().to(student.dtype), student.shape[2:]))
-
-
-class PredictionAlignmentLoss(nn.Module):
-    """MSE between student and teacher logits (student resized bilinearly to the teacher's size if they differ)."""
-
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        if student.shape[2:] != teacher.shape[2:]:
-            student = F.interpolate(student, size=teacher.shape[2:], mode="bilinear", align_corners=False)
-        return F.mse_loss(student, teacher.detach().to(student.dtype))

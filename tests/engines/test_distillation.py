@@ -161,11 +161,13 @@ def test_cached_logits_that_do_not_fit_the_student_are_named(task, tmp_path):
 
 
 def _tskd_stage(epochs=1, gt_weight=0.0):
-    from common.losses.tskd import FeatureAlignmentLoss, PredictionAlignmentLoss
+    from common.losses.tskd import FeatureAlignmentLoss
 
     terms = {
         "feat": LossTerm(FeatureAlignmentLoss(), 1.0, ["student_embedding", "teacher_embedding"]),
-        "pred": LossTerm(PredictionAlignmentLoss(), 1.0, ["student_logits", "teacher_logits"]),
+        "pred": LossTerm(
+            SoftLabelDistillationLoss(resize="student_to_teacher"), 1.0, ["student_logits", "teacher_logits"]
+        ),
     }
     return Stage("pretrain", epochs, terms, gt_weight=gt_weight)
 

@@ -155,6 +155,38 @@ def test_sld_binary() -> None:
     assert SoftLabelDistillationLoss()(s, t).item() == pytest.approx(ref_sld_paper(np64(t), np64(s)) / 9, rel=1e-5)
 
 
+def test_sld_resize_directions_by_hand() -> None:
+    """The two ``resize`` options on a 2×2 student and a 4×4 teacher, against values worked out by hand."""
+    student = torch.tensor([[0.0, 4.0], [8.0, 12.0]]).view(1, 1, 2, 2)  # S[i, j] = 8i + 4j
+    teacher = torch.arange(16.0).view(1, 1, 4, 4)  # T[i, j] = 4i + j
+    # teacher → student (IAD): halving by bilinear interpolation is the 2×2 block mean [[2.5, 4.5], [10.5, 12.5]];
+    # S minus it is [[−2.5, −0.5], [−2.5, −0.5]]: (6.25 + 0.25 + 6.25 + 0.25) / 4 pixels
+    to_student = SoftLabelDistillationLoss(resize="teacher_to_student")
+    assert to_student(student, teacher).item() == pytest.approx(13 / 4)
+    assert SoftLabelDistillationLoss()(student, teacher).item() == pytest.approx(13 / 4)  # the default
+    # student → teacher (TS-KD): S is linear, so its doubling is h_i + w_j with h = (0, 2, 6, 8), w = (0, 1, 3, 4)
+    # (edge pixels clamp, inner ones interpolate at 1/4 and 3/4). Minus T = 4i + j that is a_i + c_j with
+    # a = (0, −2, −2, −4), c = (0, 0, 1, 1): Σ_ij (a_i + c_j)² = 4·Σa² + 2·Σa·Σc + 4·Σc² = 96 − 32 + 8 = 72,
+    # over 16 pixels
+    to_teacher = SoftLabelDistillationLoss(resize="student_to_teacher")
+    assert to_teacher(student, teacher).item() == pytest.approx(72 / 16)
+    # equal sizes: no resize, both options are the plain MSE
+    assert to_teacher(teacher, 2 * teacher).item() == to_student(teacher, 2 * teacher).item() == pytest.approx(77.5)
+
+
+def test_sld_student_to_teacher_gradients_and_3d() -> None:
+    s = torch.randn(1, 2, 2, 2, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    loss_fn = SoftLabelDistillationLoss(resize="student_to_teacher")
+    assert gradcheck(lambda x: loss_fn(x, t), (s,))  # through the interpolation of the student
+    loss_fn(s, t).backward()
+    assert s.grad is not None and t.grad is None
+    # 3D: trilinear; a constant student stays constant when upsampled, so the MSE to a constant teacher is exact
+    assert loss_fn(torch.full((1, 2, 2, 2, 2), 3.0), torch.full((1, 2, 4, 4, 4), 1.0)).item() == pytest.approx(4.0)
+    with pytest.raises(ValueError, match="resize must be one of"):
+        SoftLabelDistillationLoss(resize="bilinear")
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # prototype alignment
 # ----------------------------------------------------------------------------------------------------------------------

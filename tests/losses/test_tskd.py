@@ -8,7 +8,8 @@ import torch
 from torch.autograd import gradcheck
 
 from common.losses.functional import match_grid
-from common.losses.tskd import FeatureAlignmentLoss, PredictionAlignmentLoss
+from common.losses.iad import SoftLabelDistillationLoss
+from common.losses.tskd import FeatureAlignmentLoss
 
 
 def test_feature_alignment_pools_a_finer_teacher_grid_by_area_then_takes_the_mse() -> None:
@@ -49,9 +50,13 @@ def test_prediction_alignment_is_the_mse_of_logits_resizing_the_student() -> Non
         (float(student[b, k, i, j]) - float(teacher[b, k, i, j])) ** 2
         for b in range(2) for k in range(3) for i in range(4) for j in range(4)
     ) / 96  # fmt: skip
-    assert PredictionAlignmentLoss()(student, teacher).item() == pytest.approx(expected, rel=1e-5)
+    assert SoftLabelDistillationLoss(resize="student_to_teacher")(student, teacher).item() == pytest.approx(
+        expected, rel=1e-5
+    )
     # a constant student map resized to the teacher's size stays constant: the MSE to a constant teacher is exact
-    const = PredictionAlignmentLoss()(torch.full((1, 2, 2, 2), 3.0), torch.full((1, 2, 8, 8), 1.0))
+    const = SoftLabelDistillationLoss(resize="student_to_teacher")(
+        torch.full((1, 2, 2, 2), 3.0), torch.full((1, 2, 8, 8), 1.0)
+    )
     assert const.item() == pytest.approx(4.0)
 
 
@@ -60,6 +65,6 @@ def test_gradcheck_and_teacher_detached() -> None:
     t = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
     assert gradcheck(lambda x: FeatureAlignmentLoss()(x, t), (s,))
     t2 = torch.randn(1, 2, 2, 2, dtype=torch.float64, requires_grad=True)
-    assert gradcheck(lambda x: PredictionAlignmentLoss()(x, t2), (s,))
-    (FeatureAlignmentLoss()(s, t) + PredictionAlignmentLoss()(s, t2)).backward()
+    assert gradcheck(lambda x: SoftLabelDistillationLoss(resize="student_to_teacher")(x, t2), (s,))
+    (FeatureAlignmentLoss()(s, t) + SoftLabelDistillationLoss(resize="student_to_teacher")(s, t2)).backward()
     assert s.grad is not None and t.grad is None and t2.grad is None

@@ -4,9 +4,9 @@ Stage 1, Knowledge Infusion (KIS), teacher frozen:
 
 - :class:`SoftLabelDistillationLoss`: L_sld, L2 between teacher and student logits (also TS-KD's prediction term,
   with ``resize="student_to_teacher"``).
-- :class:`PrototypeAlignmentLoss`: L_cpd, class-weighted alignment of per-image class prototypes.
-  Per-class weights come from :func:`resolve_class_weights` (``None`` / list / ``"auto"``); ``"auto"`` uses
-  :func:`class_weights_from_datalist` → :func:`class_weights_from_labels` → :func:`inverse_frequency_weights`.
+- :class:`PrototypeAlignmentLoss`: L_cpd, class-weighted alignment of per-image class prototypes. The per-class
+  weights arrive as a list (``None``: all ones); weights counted from the training labels ("auto", inverse class
+  frequency) come from :func:`common.data.class_weights.class_weights_from_datalist`, a data component.
 
 Stage 2, Knowledge Assimilation (KAS), from the stage-1 student:
 
@@ -24,10 +24,8 @@ Conventions shared by every loss here:
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -35,10 +33,6 @@ import torch.nn.functional as F
 from common.losses.functional import class_probabilities, num_label_classes, resize_label, resize_spatial
 
 __all__ = [
-    "inverse_frequency_weights",
-    "class_weights_from_labels",
-    "class_weights_from_datalist",
-    "resolve_class_weights",
     "SoftLabelDistillationLoss",
     "PrototypeAlignmentLoss",
     "reverse_feature_constraint",
@@ -47,105 +41,6 @@ __all__ = [
 ]
 
 RESIZE_DIRECTIONS = ("teacher_to_student", "student_to_teacher")
-
-
-# ----------------------------------------------------------------------------------------------------------------------
-# class weights ("auto" = inverse class frequency)
-# ----------------------------------------------------------------------------------------------------------------------
-def inverse_frequency_weights(counts: Sequence[float] | np.ndarray, power: float = 1.0) -> list[float]:
-    """Per-class weights from voxel counts: w_n ∝ (1/freq_n)^power, normalised to mean 1 over the present classes.
-
-    freq_n = counts_n / Σ_m counts_m. Classes with a zero count (never seen in the labels) get weight 1.0, the
-    neutral default of the loss, rather than 0 (which would silently switch a class off) or infinity.
-
-    Args:
-        counts: one non-negative count per class, background included.
-        power: exponent of the inverse frequency (1: plain inverse frequency, 0.5: its square root).
-    """
-    counts = np.asarray(counts, dtype=np.float64)
-    if counts.ndim != 1 or np.any(counts < 0):
-        raise ValueError("counts must be a 1D sequence of non-negative numbers.")
-    present = counts > 0
-    if not present.any():
-        raise ValueError("inverse_frequency_weights: every class count is zero.")
-    weights = np.ones_like(counts)
-    inv = (counts[present] / counts.sum()) ** (-power)
-    weights[present] = inv / inv.mean()
-    return [float(w) for w in weights]
-
-
-def class_weights_from_labels(
-    labels: Iterable[np.ndarray | torch.Tensor], num_classes: int, power: float = 1.0
-) -> list[float]:
-    """Inverse-frequency class weights (see :func:`inverse_frequency_weights`) from integer label arrays.
-
-    Values outside [0, N) are ignored, N = num_classes (N = 2 when num_classes = 1: a binary label map
-    still holds background 0 and foreground 1).
-    """
-    n = num_label_classes(num_classes)
-    counts = np.zeros(n, dtype=np.float64)
-    for label in labels:
-        arr = label.detach().cpu().numpy() if isinstance(label, torch.Tensor) else np.asarray(label)
-        arr = np.rint(arr).astype(np.int64).ravel()
-        arr = arr[(arr >= 0) & (arr < n)]
-        counts += np.bincount(arr, minlength=n)[:n]
-    return inverse_frequency_weights(counts, power=power)
-
-
-def class_weights_from_datalist(
-    datalist_path: str,
-    num_classes: int,
-    key: str = "training",
-    label_key: str = "label",
-    base_dir: str | None = None,
-    power: float = 1.0,
-) -> list[float]:
-    """Inverse-frequency class weights from the label files of a MONAI (Decathlon-style) datalist.
-
-    Reads ``datalist[key]`` with ``monai.data.load_decathlon_datalist`` (relative paths are taken from
-    ``base_dir``, default the datalist's folder), loads each ``item[label_key]`` with ``monai.transforms.LoadImage``
-    and counts the voxels of each class; items without a label (an unlabelled transfer set) are skipped.
-    A bundle config calls it as ``"$common.losses.iad.class_weights_from_datalist(@datalist, @num_classes)"``.
-    """
-    from monai.data import load_decathlon_datalist
-    from monai.transforms import LoadImage
-
-    items = load_decathlon_datalist(datalist_path, is_segmentation=True, data_list_key=key, base_dir=base_dir)
-    root = base_dir if base_dir is not None else os.path.dirname(os.path.abspath(datalist_path))
-    paths = [item[label_key] for item in items if item.get(label_key)]
-    if not paths:
-        raise ValueError(f"No '{label_key}' entries under '{key}' in {datalist_path}.")
-    loader = LoadImage(image_only=True)
-    labels = (np.asarray(loader(p if os.path.isabs(p) else os.path.join(root, p))) for p in paths)
-    return class_weights_from_labels(labels, num_classes, power=power)
-
-
-def resolve_class_weights(
-    weights: Sequence[float] | str | None,
-    num_classes: int,
-    datalist: str | None = None,
-    datalist_key: str = "training",
-    label_key: str = "label",
-) -> list[float]:
-    """Map a config's ``class_weights`` to a list of N floats (N = num_classes, or 2 when num_classes = 1).
-
-    - ``None`` → all ones (the paper's default);
-    - a sequence of N numbers → as given (paper, Synapse: gallbladder 2, pancreas 4, the rest 1);
-    - ``"auto"`` → :func:`class_weights_from_datalist` on ``datalist`` (required then).
-    """
-    n = num_label_classes(num_classes)
-    if weights is None:
-        return [1.0] * n
-    if isinstance(weights, str):
-        if weights.lower() != "auto":
-            raise ValueError(f"class_weights must be None, a list of {n} floats or 'auto', got '{weights}'.")
-        if datalist is None:
-            raise ValueError("class_weights='auto' needs a datalist path to count the training labels.")
-        return class_weights_from_datalist(datalist, num_classes, key=datalist_key, label_key=label_key)
-    weights = [float(w) for w in weights]
-    if len(weights) != n:
-        raise ValueError(f"Expected {n} class weights, got {len(weights)}.")
-    return weights
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -210,26 +105,31 @@ class PrototypeAlignmentLoss(nn.Module):
 
     Args:
         num_classes: K, the number of classes including background.
-        class_weights: w_n; ``None`` (all 1), N floats, or ``"auto"`` (inverse class frequency over the label files
-            of ``datalist``, see :func:`resolve_class_weights`).
+        class_weights: w_n, N floats (paper, Synapse: gallbladder 2, pancreas 4, the rest 1), or ``None`` for all
+            ones (the paper's default). Weights from the inverse class frequency of the training labels are computed
+            from the data beforehand: :func:`common.data.class_weights.class_weights_from_datalist`.
         use_features: prototypes of feature maps instead of logits (see above).
-        datalist: datalist JSON used when ``class_weights="auto"``.
-        datalist_key: the datalist section read for ``"auto"``.
     """
 
     def __init__(
-        self,
-        num_classes: int,
-        class_weights: Sequence[float] | str | None = None,
-        use_features: bool = False,
-        datalist: str | None = None,
-        datalist_key: str = "training",
+        self, num_classes: int, class_weights: Sequence[float] | None = None, use_features: bool = False
     ) -> None:
         super().__init__()
         self.num_classes = int(num_classes)
         self.num_label_classes = num_label_classes(self.num_classes)
         self.use_features = use_features
-        weights = resolve_class_weights(class_weights, self.num_classes, datalist=datalist, datalist_key=datalist_key)
+        n = self.num_label_classes
+        if class_weights is None:
+            weights = [1.0] * n
+        elif isinstance(class_weights, str):
+            raise ValueError(
+                f"class_weights must be None or a list of {n} floats, got '{class_weights}': compute weights from the "
+                "labels with common.data.class_weights.class_weights_from_datalist and pass the list."
+            )
+        else:
+            weights = [float(w) for w in class_weights]
+        if len(weights) != n:
+            raise ValueError(f"Expected {n} class weights, got {len(weights)}.")
         self.register_buffer("class_weights", torch.tensor(weights, dtype=torch.float32), persistent=False)
 
     def prototypes(self, x: torch.Tensor, onehot: torch.Tensor) -> torch.Tensor:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -16,11 +15,7 @@ from common.losses.iad import (
     KnowledgeAssimilationLoss,
     PrototypeAlignmentLoss,
     SoftLabelDistillationLoss,
-    class_weights_from_datalist,
-    class_weights_from_labels,
     contrastive_semantic_loss,
-    inverse_frequency_weights,
-    resolve_class_weights,
     reverse_feature_constraint,
 )
 from tests.losses.reference import block_mean, np64
@@ -281,54 +276,17 @@ def test_prototype_feature_maps_resized_to_label() -> None:
 # ----------------------------------------------------------------------------------------------------------------------
 # class weights
 # ----------------------------------------------------------------------------------------------------------------------
-def test_inverse_frequency_weights_by_hand() -> None:
-    labels = [np.array([[0, 0, 0, 1]]), torch.tensor([[0, 0, 2, 2]])]
-    weights = class_weights_from_labels(labels, num_classes=4)
-    # counts (5, 1, 2, 0), total 8: inverse frequencies 8/5, 8, 4; their mean 13.6/3; unseen class 3 → 1
-    mean = (8 / 5 + 8 + 4) / 3
-    assert weights == pytest.approx([8 / 5 / mean, 8 / mean, 4 / mean, 1.0])
-    assert np.mean(weights[:3]) == pytest.approx(1.0)
-    sqrt = inverse_frequency_weights([5, 1, 2], power=0.5)
-    inv = [math.sqrt(8 / 5), math.sqrt(8), math.sqrt(4)]
-    assert sqrt == pytest.approx([v / (sum(inv) / 3) for v in inv])
-
-
-def test_inverse_frequency_binary_and_out_of_range_values() -> None:
-    # K = 1 counts two label regions; 255 is ignored
-    weights = class_weights_from_labels([np.array([0, 0, 0, 1, 255])], num_classes=1)
-    assert weights == pytest.approx([(4 / 3) / ((4 / 3 + 4) / 2), 4 / ((4 / 3 + 4) / 2)])
-
-
-def test_resolve_class_weights() -> None:
-    assert resolve_class_weights(None, 3) == [1.0, 1.0, 1.0]
-    assert resolve_class_weights([1, 2, 4], 3) == [1.0, 2.0, 4.0]
+def test_prototype_class_weights_argument() -> None:
+    """None means all ones; a list is taken as given; a wrong length or a string ("auto": counted from the labels by
+    common.data.class_weights, not by the loss) is refused. Tests of the counting: tests/data/test_class_weights.py."""
+    assert PrototypeAlignmentLoss(3).class_weights.tolist() == [1.0, 1.0, 1.0]
+    assert PrototypeAlignmentLoss(3, class_weights=[1, 2, 4]).class_weights.tolist() == [1.0, 2.0, 4.0]
     with pytest.raises(ValueError):
-        resolve_class_weights([1, 2], 3)
+        PrototypeAlignmentLoss(3, class_weights=[1, 2])
     with pytest.raises(ValueError):
-        resolve_class_weights("auto", 3)
+        PrototypeAlignmentLoss(3, class_weights="auto")
     with pytest.raises(ValueError):
-        resolve_class_weights("inverse", 3)
-
-
-def test_class_weights_auto_from_datalist(tmp_path) -> None:
-    np.save(tmp_path / "lab0.npy", np.array([[0, 0], [0, 1]], dtype=np.uint8))
-    np.save(tmp_path / "lab1.npy", np.array([[0, 2], [2, 2]], dtype=np.uint8))
-    datalist = {
-        "training": [
-            {"image": "img0.npy", "label": "lab0.npy"},
-            {"image": "img1.npy", "label": "lab1.npy"},
-            {"image": "img2.npy"},  # unlabelled item: skipped
-        ]
-    }
-    path = tmp_path / "datalist.json"
-    path.write_text(json.dumps(datalist))
-    # counts (4, 1, 3) of 8: inverse frequencies 2, 8, 8/3
-    mean = (2 + 8 + 8 / 3) / 3
-    expected = [2 / mean, 8 / mean, 8 / 3 / mean]
-    assert class_weights_from_datalist(str(path), num_classes=3) == pytest.approx(expected)
-    assert resolve_class_weights("auto", 3, datalist=str(path)) == pytest.approx(expected)
-    loss_fn = PrototypeAlignmentLoss(num_classes=3, class_weights="auto", datalist=str(path))
-    assert loss_fn.class_weights.tolist() == pytest.approx(expected)
+        PrototypeAlignmentLoss(3, class_weights="inverse")
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -1,16 +1,28 @@
-"""What the table scripts share: a MONAI config-file list for the command line, bundle overrides read from and written
-to the command line, a logged, timed bundle run, and the mean ± std cell of a table."""
+"""What the table scripts share: a MONAI config-file list for the command line, a bundle run as a command, a run's
+training and evaluation as jobs (``scripts/jobs.py``) and its training time, bundle overrides read from and written to
+the command line, and the mean ± std cell of a table."""
 
 from __future__ import annotations
 
 import json
 import math
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-__all__ = ["config_list", "run_logged", "mean_std", "parse_overrides", "cli_args"]
+from scripts.jobs import Job, wall_seconds
+
+__all__ = [
+    "config_list",
+    "bundle_cmd",
+    "train_and_evaluate",
+    "train_seconds",
+    "mean_std",
+    "parse_overrides",
+    "cli_args",
+]
+
+TRAIN_MARKER = "train_time.json"  # in a run's bundle_root: written when its training succeeded, with its wall time
+SUMMARY = Path("eval") / "metrics_summary.json"  # in a run's bundle_root: written by evaluate.json
 
 
 def config_list(paths: list[Path]) -> str:
@@ -18,14 +30,40 @@ def config_list(paths: list[Path]) -> str:
     return "[" + ",".join(f"'{p}'" for p in paths) + "]"
 
 
-def run_logged(cmd: list[str], log: Path, env: dict, cwd: Path) -> float:
-    """Run a command with its output in ``log``; return its wall time; stop the table on failure."""
-    start = time.perf_counter()
-    with open(log, "w") as f:
-        code = subprocess.call(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=cwd, env=env)
-    if code:
-        sys.exit(f"error: {' '.join(cmd[:6])} ... failed (exit {code}); see {log}")
-    return time.perf_counter() - start
+def bundle_cmd(
+    configs: list[Path], overrides: dict[str, object] | None = None, python: str = sys.executable
+) -> list[str]:
+    """``python -m monai.bundle run`` of ``configs`` merged in order, with ``overrides`` as ``--key value`` pairs."""
+    return [python, "-m", "monai.bundle", "run", "--config_file", config_list(configs), *cli_args(overrides or {})]
+
+
+def train_and_evaluate(
+    key: str,
+    root: Path,
+    configs: list[Path],
+    overrides: dict[str, object],
+    evaluate: list[Path] | None = None,
+    eval_overrides: dict[str, object] | None = None,
+    needs: tuple[str, ...] = (),
+) -> list[Job]:
+    """The jobs of one table run in ``root``: training (``configs``; done when its marker ``root/train_time.json``
+    exists, log ``train.log``), then, when ``evaluate`` configs are given, their evaluation on the test split (done
+    when ``root/eval/metrics_summary.json`` exists, log ``evaluate.log``; ``eval_overrides`` default to ``overrides``).
+    """
+    train = Job(key, f"train {key}", bundle_cmd(configs, overrides), [], root / TRAIN_MARKER, needs, root / "train.log")
+    if evaluate is None:
+        return [train]
+    cmd = bundle_cmd(evaluate, overrides if eval_overrides is None else eval_overrides)
+    return [
+        train,
+        Job(f"{key}/evaluate", f"evaluate {key}", cmd, [root / SUMMARY], None, (key,), root / "evaluate.log"),
+    ]
+
+
+def train_seconds(root: Path) -> float:
+    """The training wall time of the run in ``root`` (NaN when it has not finished)."""
+    seconds = wall_seconds(Path(root) / TRAIN_MARKER)
+    return math.nan if seconds is None else seconds
 
 
 def mean_std(values: list[float | None], digits: int = 2, scale: float = 1.0) -> str:

@@ -2,9 +2,11 @@
 """The iad_student comparison table: student-only, KD, IAD (KIS only), IAD (full), ... and the teacher.
 
 Each (row, seed) is one ``monai.bundle`` run of the bundle's own configs (train.json + the row's variant, then
-evaluate.json) in ``OUT/<row>/seed<k>``; finished runs are skipped, so an interrupted table resumes. All runs share
-one teacher cache. The table (Markdown, CSV, JSON) gives per-class Dice and HD95 on the test split as mean ± std
-over seeds, the training time of each row, and parameters and CPU latency of student and teacher.
+evaluate.json) in ``OUT/<row>/seed<k>``, run as jobs (``scripts/jobs.py``): a finished training (its marker
+``train_time.json``, which holds its wall time) or evaluation (``eval/metrics_summary.json``) is skipped, so an
+interrupted table resumes. All runs share one teacher cache. The table (Markdown, CSV, JSON) gives per-class Dice
+and HD95 on the test split as mean ± std over seeds, the training time of each row, and parameters and CPU latency of
+student and teacher.
 
     python scripts/iad_table.py --teacher_root runs/teacher_lora --out runs/iad_table
 """
@@ -22,9 +24,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scripts.bundle_runs import config_list  # noqa: E402
+from scripts import jobs  # noqa: E402
+from scripts.bundle_runs import SUMMARY, bundle_cmd  # noqa: E402
 from scripts.bundle_runs import mean_std as _ms  # noqa: E402
-from scripts.bundle_runs import run_logged
+from scripts.bundle_runs import train_and_evaluate, train_seconds
 
 CONFIGS = REPO / "bundles" / "iad_student" / "configs"
 TEACHER_CONFIGS = REPO / "bundles" / "teacher_lora" / "configs"
@@ -42,47 +45,51 @@ ROWS = {
 }
 
 
-def run_row(row: str, seed: int, args: argparse.Namespace, env: dict) -> dict:
-    root = Path(args.out) / row / f"seed{seed}"
-    summary = root / "eval" / "metrics_summary.json"
-    timing = root / "train_time.json"
-    if summary.is_file() and timing.is_file():
-        print(f"[skip] {row} seed {seed}: done", flush=True)
-        return {"summary": json.loads(summary.read_text()), **json.loads(timing.read_text())}
-    if args.report_only:
-        print(f"[miss] {row} seed {seed}: not finished, left out (--report_only)", flush=True)
-        return None
-    root.mkdir(parents=True, exist_ok=True)
-    common = ["--bundle_root", str(root), "--dataset_dir", args.dataset_dir, "--seed", str(seed)]
-    common += ["--epochs", str(args.epochs), "--kis_epochs", str(args.kis_epochs), "--num_workers", "0"]
-    common += ["--teacher_ckpt", args.teacher_ckpt, "--teacher_adapter", args.teacher_adapter]
-    common += ["--teacher_cache_dir", str(Path(args.out) / "teacher_cache")]
-    common += ["--teacher_image_size", str(args.teacher_image_size)]
-    variant = [CONFIGS / v for v in ROWS[row][1]]
-    base = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
-    print(f"[train] {row} seed {seed} -> {root}", flush=True)
-    train = base + [config_list([CONFIGS / "train.json", *variant])] + common
-    seconds = run_logged(train, root / "train.log", env, REPO)
-    timing.write_text(json.dumps({"train_seconds": seconds}))
-    evaluate = base + [config_list([CONFIGS / "train.json", *variant, CONFIGS / "evaluate.json"])] + common
-    run_logged(evaluate, root / "evaluate.log", env, REPO)
-    print(f"[done] {row} seed {seed}: {seconds / 60:.1f} min", flush=True)
-    return {"summary": json.loads(summary.read_text()), "train_seconds": seconds}
+def _seeds(row: str, args: argparse.Namespace) -> list[int]:
+    return args.seeds[:1] if row in args.single_seed_rows else args.seeds
 
 
-def evaluate_teacher(args: argparse.Namespace, env: dict) -> dict:
-    out = Path(args.out) / "teacher"
-    summary = out / "metrics_summary.json"
-    if not summary.is_file():
-        cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
-        cmd += [config_list([TEACHER_CONFIGS / "train.json", TEACHER_CONFIGS / "evaluate.json"])]
-        cmd += ["--bundle_root", args.teacher_root, "--output_dir", str(out), "--dataset_dir", args.dataset_dir]
+def plan(args: argparse.Namespace) -> list[jobs.Job]:
+    """Training and evaluation of every (row, seed) in ``OUT/<row>/seed<k>``, then the teacher's evaluation."""
+    out, todo = Path(args.out), []
+    for row in args.rows:
+        configs = [CONFIGS / "train.json", *(CONFIGS / v for v in ROWS[row][1])]
+        evaluate = configs + [CONFIGS / "evaluate.json"]
+        for seed in _seeds(row, args):
+            root = out / row / f"seed{seed}"
+            overrides = {"bundle_root": str(root), "dataset_dir": args.dataset_dir, "seed": seed}
+            overrides.update({"epochs": args.epochs, "kis_epochs": args.kis_epochs, "num_workers": 0})
+            overrides.update({"teacher_ckpt": args.teacher_ckpt, "teacher_adapter": args.teacher_adapter})
+            overrides["teacher_cache_dir"] = str(out / "teacher_cache")
+            overrides["teacher_image_size"] = args.teacher_image_size
+            todo += train_and_evaluate(f"{row}/seed{seed}", root, configs, overrides, evaluate)
+    if not args.no_teacher_row:
+        teacher = out / "teacher"
+        cmd = bundle_cmd([TEACHER_CONFIGS / "train.json", TEACHER_CONFIGS / "evaluate.json"])
+        cmd += ["--bundle_root", args.teacher_root, "--output_dir", str(teacher), "--dataset_dir", args.dataset_dir]
         cmd += ["--teacher_arch", args.teacher_arch, "--image_size", str(args.teacher_image_size), "--num_workers", "0"]
-        out.mkdir(parents=True, exist_ok=True)
-        run_logged(cmd, out / "evaluate.log", env, REPO)
-    timing = Path(args.teacher_root) / "train_time.json"
-    seconds = json.loads(timing.read_text())["train_seconds"] if timing.is_file() else math.nan
-    return {"summary": json.loads(summary.read_text()), "train_seconds": seconds}
+        todo.append(jobs.Job("teacher", "evaluate the teacher", cmd, [teacher / "metrics_summary.json"],
+                             log=teacher / "evaluate.log"))  # fmt: skip
+    return todo
+
+
+def collect(args: argparse.Namespace) -> dict[str, list[dict]]:
+    """row -> the finished runs' test summaries and training seconds over seeds (the teacher's: ``--teacher_time``)."""
+    out, results = Path(args.out), {}
+    for row in args.rows:
+        for seed in _seeds(row, args):
+            root = out / row / f"seed{seed}"
+            if not (root / SUMMARY).is_file():
+                print(f"[miss] {row} seed {seed}: not finished, left out", flush=True)
+                continue
+            entry = {"summary": json.loads((root / SUMMARY).read_text()), "train_seconds": train_seconds(root)}
+            results.setdefault(row, []).append(entry)
+    summary = out / "teacher" / "metrics_summary.json"
+    if not args.no_teacher_row and summary.is_file():
+        seconds = jobs.wall_seconds(Path(args.teacher_time))
+        entry = {"summary": json.loads(summary.read_text()), "train_seconds": math.nan if seconds is None else seconds}
+        results["teacher"] = [entry]
+    return results
 
 
 def size_and_latency(args: argparse.Namespace) -> dict:
@@ -147,6 +154,8 @@ def main() -> None:
     p.add_argument("--teacher_image_size", type=int, default=128, help="the input size the teacher was tuned at")
     p.add_argument("--teacher_root", default="runs/teacher_lora", help="bundle_root of the trained teacher_lora")
     p.add_argument("--teacher_adapter", default=None, help="default: TEACHER_ROOT/models/adapter.pt")
+    p.add_argument("--teacher_time", default=None, help="the teacher's training marker, read for its training time "
+                   "(default: TEACHER_ROOT/train_time.json)")  # fmt: skip
     p.add_argument("--rows", nargs="+", default=["student_only", "kd", "kis_only", "iad"], choices=list(ROWS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--single_seed_rows", nargs="*", default=["kis_only"], help="rows run with the first seed only")
@@ -157,15 +166,13 @@ def main() -> None:
     p.add_argument("--report_only", action="store_true", help="write the table from finished runs; train nothing")
     args = p.parse_args()
     args.teacher_adapter = args.teacher_adapter or str(Path(args.teacher_root) / "models" / "adapter.pt")
+    args.teacher_time = args.teacher_time or str(Path(args.teacher_root) / "train_time.json")
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    results: dict[str, list[dict]] = {}
-    for row in args.rows:
-        seeds = args.seeds[:1] if row in args.single_seed_rows else args.seeds
-        runs = [r for r in (run_row(row, seed, args, env) for seed in seeds) if r is not None]
-        if runs:
-            results[row] = runs
-    if not args.no_teacher_row:
-        results["teacher"] = [evaluate_teacher(args, env)]
+    if not args.report_only:
+        jobs.run(plan(args), env)
+    results = collect(args)
+    if not results:
+        sys.exit("error: no finished run to report")
     print(write_table(results, size_and_latency(args), args))
     print(f"\nwritten: {Path(args.out) / 'table.md'} (and .csv, .json)")
 

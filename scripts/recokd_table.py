@@ -3,10 +3,11 @@
 
 Each row is ``monai.bundle`` runs of the bundle's own configs in ``OUT/<row>``: training (``train.json`` with
 ``teacher.json`` for the teacher, ``student_only.json`` for the student from scratch, nothing more for ReCo-KD, which
-reads the teacher's ``OUT/teacher/models/model.pt``), then ``evaluate.json`` on the test split. Finished runs are
-skipped, so an interrupted table resumes. The table (Markdown, CSV, JSON) gives per-class Dice and HD95 (mm, with the
-volume's spacing) on the test volume, parameters, CPU latency per test volume (median of ``--latency_runs``
-sliding-window runs after one warm-up) and training time.
+reads the teacher's ``OUT/teacher/models/model.pt``), then ``evaluate.json`` on the test split, run as jobs
+(``scripts/jobs.py``, one at a time): a finished training (its marker ``train_time.json``, which holds its wall time) or
+evaluation (``eval/metrics_summary.json``) is skipped, so an interrupted table resumes. The table (Markdown, CSV,
+JSON) gives per-class Dice and HD95 (mm, with the volume's spacing) on the test volume, parameters, CPU latency per
+test volume (median of ``--latency_runs`` sliding-window runs after one warm-up) and training time.
 
 With the default ``--dataset_dir`` the 3D LiTS split is written first if missing (``common.data.volume_split``; needs
 ``python scripts/prepare_data.py --out data``). Options the script does not know are passed to every bundle run and
@@ -29,7 +30,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scripts.bundle_runs import cli_args, config_list, parse_overrides, run_logged  # noqa: E402
+from scripts import jobs  # noqa: E402
+from scripts.bundle_runs import SUMMARY, parse_overrides, train_and_evaluate, train_seconds  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "recokd_student" / "configs"
 DEFAULT_DATASET = "data/lits_liver_3d"
@@ -58,25 +60,28 @@ def row_overrides(row: str, args: argparse.Namespace, extra: dict[str, object]) 
     return {**out, **extra}
 
 
-def run_row(row: str, args: argparse.Namespace, extra: dict[str, object], env: dict) -> dict | None:
-    root = Path(args.out) / row
-    summary, timing = root / "eval" / "metrics_summary.json", root / "train_time.json"
-    if summary.is_file() and timing.is_file():
-        print(f"[skip] {row}: done", flush=True)
-        return {"summary": json.loads(summary.read_text()), **json.loads(timing.read_text())}
-    if args.report_only:
-        print(f"[miss] {row}: not finished, left out (--report_only)", flush=True)
-        return None
-    root.mkdir(parents=True, exist_ok=True)
-    configs = [CONFIGS / "train.json"] + [CONFIGS / v for v in ROWS[row][1]]
-    base = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
-    cli = cli_args(row_overrides(row, args, extra))
-    print(f"[train] {row} -> {root}", flush=True)
-    seconds = run_logged(base + [config_list(configs)] + cli, root / "train.log", env, REPO)
-    timing.write_text(json.dumps({"train_seconds": seconds}))
-    run_logged(base + [config_list(configs + [CONFIGS / "evaluate.json"])] + cli, root / "evaluate.log", env, REPO)
-    print(f"[done] {row}: {seconds / 60:.1f} min", flush=True)
-    return {"summary": json.loads(summary.read_text()), "train_seconds": seconds}
+def plan(args: argparse.Namespace, extra: dict[str, object]) -> list[jobs.Job]:
+    """Training and evaluation of every row in ``OUT/<row>``; ReCo-KD's training needs the teacher's."""
+    todo = []
+    for row in args.rows:
+        configs = [CONFIGS / "train.json"] + [CONFIGS / v for v in ROWS[row][1]]
+        needs = ("teacher",) if row == "recokd" else ()
+        overrides = row_overrides(row, args, extra)
+        evaluate = configs + [CONFIGS / "evaluate.json"]
+        todo += train_and_evaluate(row, Path(args.out) / row, configs, overrides, evaluate, needs=needs)
+    return todo
+
+
+def collect(args: argparse.Namespace) -> dict[str, dict]:
+    """row -> its test summary and training seconds, for the rows whose evaluation finished."""
+    results = {}
+    for row in args.rows:
+        root = Path(args.out) / row
+        if (root / SUMMARY).is_file():
+            results[row] = {"summary": json.loads((root / SUMMARY).read_text()), "train_seconds": train_seconds(root)}
+        else:
+            print(f"[miss] {row}: not finished, left out", flush=True)
+    return results
 
 
 def size_and_latency(row: str, args: argparse.Namespace, extra: dict[str, object]) -> dict:
@@ -177,7 +182,9 @@ def main(argv: list[str] | None = None) -> None:
 
         write_lits_volume_split(args.lits_dir, args.dataset_dir)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
-    results = {row: r for row in args.rows if (r := run_row(row, args, extra, env)) is not None}
+    if not args.report_only:
+        jobs.run(plan(args, extra), env)
+    results = collect(args)
     if not results:
         sys.exit("error: no finished row to report")
     sizes = {row: size_and_latency(row, args, extra) for row in results}

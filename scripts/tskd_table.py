@@ -2,7 +2,8 @@
 """The tskd_student results table: ViT-Tiny from scratch, task-agnostic KD and TS-KD at two label budgets over seeds,
 and TS-KD pre-trained on real unlabelled slices, on synthetic images, or on both.
 
-Every run is a ``monai.bundle`` run of the bundle's own configs, in its own folder of ``OUT``:
+Every run is a ``monai.bundle`` run of the bundle's own configs, in its own folder of ``OUT``, run as jobs
+(``scripts/jobs.py``):
 
 - ``pretrain_<variant>_s<seed>``: ``pretrain.json`` (``+ task_agnostic.json`` for ``takd``) on the variant's transfer
   set: ``tskd`` and ``takd`` the synthetic set (``--synthetic_dir``), ``tskd_real`` the training slices of
@@ -13,8 +14,9 @@ Every run is a ``monai.bundle`` run of the bundle's own configs, in its own fold
   ``evaluate.json`` on the test split.
 
 By default pre-training runs once per variant (``--pretrain_seeds 0``) and each fine-tuning seed starts from it, so the
-spread over seeds is that of fine-tuning; ``--pretrain_seeds 0 1 2`` pre-trains once per seed. Finished runs are
-skipped, so an interrupted table resumes; ``--parallel 2`` runs two at a time (one torch thread each by default).
+spread over seeds is that of fine-tuning; ``--pretrain_seeds 0 1 2`` pre-trains once per seed. A finished training
+(its marker ``train_time.json``, which holds its wall time) or evaluation (``eval/metrics_summary.json``) is skipped, so
+an interrupted table resumes; ``--parallel 2`` runs two at a time (one torch thread each by default).
 Options the script does not know go to every bundle run (e.g. ``--student_preset test``)::
 
     python scripts/tskd_table.py --out runs/tskd --parallel 2
@@ -28,14 +30,14 @@ import json
 import os
 import sys
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from scripts.bundle_runs import cli_args, config_list, mean_std, parse_overrides, run_logged  # noqa: E402
+from scripts import jobs  # noqa: E402
+from scripts.bundle_runs import SUMMARY, mean_std, parse_overrides, train_and_evaluate, train_seconds  # noqa: E402
 
 CONFIGS = REPO / "bundles" / "tskd_student" / "configs"
 METHODS = {  # method -> (label, pre-training variant or None)
@@ -49,13 +51,13 @@ CLASSES = ["liver", "tumour"]
 
 
 @dataclass
-class Job:
-    """One bundle run (with its evaluation for a fine-tuning run) and where it writes."""
+class Run:
+    """One bundle run of the table (a pre-training, or a fine-tuning with its evaluation), the runs it needs, and the
+    part of the table it belongs to."""
 
     name: str
     configs: list[str]
     overrides: dict[str, object]
-    done: Path
     evaluate: bool = False
     needs: list[str] = field(default_factory=list)
     group: int = 0  # 0: the main table, 1: the transfer-set comparison
@@ -64,18 +66,28 @@ class Job:
     def root(self) -> Path:
         return Path(str(self.overrides["bundle_root"]))
 
+    def jobs(self) -> list[jobs.Job]:
+        """Its training (key: its name) and, for a fine-tuning, its evaluation, which loads ``model.pt`` (not the
+        pre-trained student)."""
+        configs = [CONFIGS / c for c in self.configs]
+        evaluate = configs + [CONFIGS / "evaluate.json"] if self.evaluate else None
+        eval_overrides = {k: v for k, v in self.overrides.items() if k != "pretrained"}
+        return train_and_evaluate(
+            self.name, self.root, configs, self.overrides, evaluate, eval_overrides, tuple(self.needs)
+        )
+
 
 def transfer_dirs(variant: str, args: argparse.Namespace) -> list[str]:
     real, synthetic = args.dataset_dir, args.synthetic_dir
     return {"tskd_real": [real], "tskd_both": [synthetic, real]}.get(variant, [synthetic])
 
 
-def plan(args: argparse.Namespace, extra: dict[str, object]) -> list[Job]:
+def plan(args: argparse.Namespace, extra: dict[str, object]) -> list[Run]:
     """Every run of the table, pre-training first, each with the runs it needs."""
     out = Path(args.out)
     base = {"dataset_dir": args.dataset_dir, "num_workers": 0, **extra}
     teacher = {"teacher_cache_dir": str(out / "teacher_cache")}
-    jobs: dict[str, Job] = {}
+    runs: dict[str, Run] = {}
     rows = [(m, b, args.seeds, 0) for m in ("scratch", "tskd", "takd") for b in args.budgets]
     if args.transfer_budget is not None:
         rows += [(m, args.transfer_budget, args.transfer_seeds or args.seeds, 1) for m in ("tskd_real", "tskd_both")]
@@ -87,7 +99,7 @@ def plan(args: argparse.Namespace, extra: dict[str, object]) -> list[Job]:
                 ps = seed if seed in args.pretrain_seeds else args.pretrain_seeds[0]
                 pname = f"pretrain_{variant}_s{ps}"
                 proot = out / pname
-                if pname not in jobs:
+                if pname not in runs:
                     configs = ["pretrain.json"] + (["task_agnostic.json"] if variant == "takd" else [])
                     ov = {
                         **base,
@@ -101,71 +113,28 @@ def plan(args: argparse.Namespace, extra: dict[str, object]) -> list[Job]:
                         ov["teacher_ckpt"] = args.teacher_ckpt
                     elif args.base_teacher_ckpt:
                         ov["teacher_ckpt"] = args.base_teacher_ckpt
-                    jobs[pname] = Job(pname, configs, ov, proot / "models" / "pretrain" / "pretrained.pt")
+                    runs[pname] = Run(pname, configs, ov)
                 pretrained = str(proot / "models" / "pretrain" / "pretrained.pt")
             name = f"{method}_{budget}_s{seed}"
             ov = {**base, "bundle_root": str(out / name), "seed": seed, "iterations": args.finetune_iterations}
             ov["num_labels"] = "$None" if budget == "all" else int(budget)
             ov["pretrained"] = pretrained if pretrained else "$None"
             needs = [f"pretrain_{variant}_s{ps}"] if variant else []
-            jobs[name] = Job(name, ["train.json"], ov, out / name / "eval" / "metrics_summary.json", True, needs, group)
-    return order_jobs(list(jobs.values()))
+            runs[name] = Run(name, ["train.json"], ov, True, needs, group)
+    return order_runs(list(runs.values()))
 
 
-def order_jobs(jobs: list[Job]) -> list[Job]:
-    """The main table first (its pre-trainings, then its runs), then the transfer-set comparison likewise: a run
-    then only waits for a pre-training started before it (see :func:`run_all`), and the main table is finished first
-    when time is short."""
-    ordered: list[Job] = []
-    by_name = {j.name: j for j in jobs}
-    for group in sorted({j.group for j in jobs}):
-        runs = [j for j in jobs if j.group == group and not j.name.startswith("pretrain_")]
-        ordered += [by_name[n] for n in dict.fromkeys(n for j in runs for n in j.needs) if by_name[n] not in ordered]
-        ordered += runs
+def order_runs(runs: list[Run]) -> list[Run]:
+    """The main table first (its pre-trainings, then its runs), then the transfer-set comparison likewise: the job
+    runner starts ready jobs in this order, so the pre-trainings start first and the main table is finished first when
+    time is short."""
+    ordered: list[Run] = []
+    by_name = {r.name: r for r in runs}
+    for group in sorted({r.group for r in runs}):
+        tuned = [r for r in runs if r.group == group and not r.name.startswith("pretrain_")]
+        ordered += [by_name[n] for n in dict.fromkeys(n for r in tuned for n in r.needs) if by_name[n] not in ordered]
+        ordered += tuned
     return ordered
-
-
-def run_job(job: Job, env: dict) -> float:
-    """Train (and evaluate) one run unless its output exists; return the training seconds (0 when skipped)."""
-    timing = job.root / "train_time.json"
-    if job.done.is_file():
-        print(f"[skip] {job.name}: done", flush=True)
-        return json.loads(timing.read_text())["train_seconds"] if timing.is_file() else 0.0
-    job.root.mkdir(parents=True, exist_ok=True)
-    base = [sys.executable, "-m", "monai.bundle", "run", "--config_file"]
-    cli = cli_args(job.overrides)
-    configs = [CONFIGS / c for c in job.configs]
-    if timing.is_file():  # trained, not evaluated (the table was stopped in between)
-        seconds = json.loads(timing.read_text())["train_seconds"]
-    else:
-        print(f"[run ] {job.name} -> {job.root}", flush=True)
-        seconds = run_logged(base + [config_list(configs)] + cli, job.root / "train.log", env, REPO)
-        timing.write_text(json.dumps({"train_seconds": seconds}))
-    if job.evaluate:
-        eval_cli = cli_args(
-            {k: v for k, v in job.overrides.items() if k != "pretrained"}
-        )  # evaluate.json loads model.pt
-        run_logged(base + [config_list(configs + [CONFIGS / "evaluate.json"])] + eval_cli, job.root / "evaluate.log",
-                   env, REPO)  # fmt: skip
-    print(f"[done] {job.name}: {seconds / 60:.1f} min", flush=True)
-    return seconds
-
-
-def run_all(jobs: list[Job], args: argparse.Namespace, env: dict) -> None:
-    """Every run, ``--parallel`` at a time, in :func:`order_jobs` order; a fine-tuning run waits for its
-    pre-training, which (first in, first out) has already started, so the runs never deadlock."""
-    futures: dict[str, Future] = {}
-
-    def run(job: Job) -> float:
-        for need in job.needs:
-            futures[need].result()  # raises if the pre-training failed
-        return run_job(job, env)
-
-    with ThreadPoolExecutor(max_workers=args.parallel) as pool:
-        for job in jobs:
-            futures[job.name] = pool.submit(run, job)
-        for future in futures.values():
-            future.result()
 
 
 def size_and_latency(args: argparse.Namespace, extra: dict[str, object]) -> dict:
@@ -188,11 +157,10 @@ def collect(args: argparse.Namespace) -> dict[tuple[str, str], list[dict]]:
     for method in METHODS:
         for budget in [*args.budgets, args.transfer_budget]:
             for seed in args.seeds:
-                summary = out / f"{method}_{budget}_s{seed}" / "eval" / "metrics_summary.json"
-                if summary.is_file():
-                    timing = summary.parents[1] / "train_time.json"
-                    seconds = json.loads(timing.read_text())["train_seconds"] if timing.is_file() else float("nan")
-                    entry = {"seed": seed, "summary": json.loads(summary.read_text()), "train_seconds": seconds}
+                root = out / f"{method}_{budget}_s{seed}"
+                if (root / SUMMARY).is_file():
+                    summary = json.loads((root / SUMMARY).read_text())
+                    entry = {"seed": seed, "summary": summary, "train_seconds": train_seconds(root)}
                     if entry not in results.setdefault((method, str(budget)), []):
                         results[(method, str(budget))].append(entry)
     return results
@@ -259,13 +227,13 @@ def main(argv: list[str] | None = None) -> None:
     extra = parse_overrides(unknown)
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
-    jobs = plan(args, extra)
+    runs = plan(args, extra)
     start = time.perf_counter()
     if not args.report_only:
-        run_all(jobs, args, env)
+        jobs.run([job for run in runs for job in run.jobs()], env, args.parallel)
     table = write_table(collect(args), size_and_latency(args, extra), args)
     print(
-        f"\n{table}\n\n{len(jobs)} runs; {(time.perf_counter() - start) / 60:.1f} min; written to {args.out}/table.md"
+        f"\n{table}\n\n{len(runs)} runs; {(time.perf_counter() - start) / 60:.1f} min; written to {args.out}/table.md"
     )
 
 

@@ -85,3 +85,23 @@ def test_write_table_rows_and_files(tmp_path):
     assert (out / "table.md").read_text().strip() == md.strip()
     assert json.loads((out / "table.json").read_text())["sizes"]["recokd"]["params"] == 350_921
     assert (out / "table.csv").read_text().splitlines()[0].startswith("method,filters,params (M)")
+
+
+def test_plan_trains_then_evaluates_each_row_and_recokd_waits_for_the_teacher(tmp_path):
+    args = _args(tmp_path, rows=["teacher", "scratch", "recokd"])
+    todo = {j.key: j for j in recokd_table.plan(args, {"lambda_max": 0.02})}
+    assert list(todo) == ["teacher", "teacher/evaluate", "scratch", "scratch/evaluate", "recokd", "recokd/evaluate"]
+    assert todo["recokd"].needs == ("teacher",) and todo["scratch"].needs == ()
+    assert todo["recokd"].marker == tmp_path / "out" / "recokd" / "train_time.json"
+    assert "teacher.json" in todo["teacher"].cmd[5] and "evaluate.json" in todo["teacher/evaluate"].cmd[5]
+    assert todo["recokd"].cmd[todo["recokd"].cmd.index("--lambda_max") + 1] == "0.02"
+
+
+def test_collect_leaves_out_unfinished_rows(tmp_path):
+    args = _args(tmp_path, rows=["teacher", "recokd"])
+    root = tmp_path / "out" / "teacher"
+    (root / "eval").mkdir(parents=True)
+    (root / "eval" / "metrics_summary.json").write_text(json.dumps(_summary(0.9, 0.5)))
+    (root / "train_time.json").write_text(json.dumps({"seconds": 600.0, "command": []}))
+    results = recokd_table.collect(args)
+    assert list(results) == ["teacher"] and results["teacher"]["train_seconds"] == 600.0

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from scripts import jobs
+
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 spec = importlib.util.spec_from_file_location("tskd_table", REPO / "scripts" / "tskd_table.py")
@@ -60,11 +62,11 @@ def test_plan_with_a_pretraining_per_seed(tmp_path):
 
 
 def test_finished_runs_are_skipped(tmp_path):
-    job = tskd_table.plan(_args(tmp_path), {})[0]
-    job.done.parent.mkdir(parents=True)
-    job.done.write_text("{}")
-    (job.root / "train_time.json").write_text(json.dumps({"train_seconds": 42.0}))
-    assert tskd_table.run_job(job, env={}) == 42.0  # no subprocess: it would fail with an empty environment
+    run = tskd_table.plan(_args(tmp_path), {})[0]
+    run.root.mkdir(parents=True)
+    (run.root / "train_time.json").write_text(json.dumps({"train_seconds": 42.0}))  # as the table wrote it before
+    assert jobs.run(run.jobs(), env={}) == {}  # no subprocess: it would fail with an empty environment
+    assert tskd_table.train_seconds(run.root) == 42.0
 
 
 def test_transfer_rows_may_use_fewer_seeds(tmp_path):
@@ -105,3 +107,14 @@ def test_collect_and_write_table(tmp_path):
 def test_a_bad_budget_is_refused():
     with pytest.raises(argparse.ArgumentTypeError, match="number of slices or 'all'"):
         tskd_table._budget("twenty")
+
+
+def test_a_fine_tuning_is_a_training_then_an_evaluation_of_its_own_model(tmp_path):
+    runs = {r.name: r for r in tskd_table.plan(_args(tmp_path), {})}
+    train, evaluate = runs["tskd_20_s1"].jobs()
+    assert train.key == "tskd_20_s1" and train.needs == ("pretrain_tskd_s0",)
+    assert train.marker == tmp_path / "tskd_20_s1" / "train_time.json"
+    assert "--pretrained" in train.cmd and "--pretrained" not in evaluate.cmd  # evaluate.json loads model.pt
+    assert evaluate.needs == ("tskd_20_s1",) and "evaluate.json" in evaluate.cmd[5]
+    assert evaluate.outputs == [tmp_path / "tskd_20_s1" / "eval" / "metrics_summary.json"]
+    assert len(runs["pretrain_tskd_s0"].jobs()) == 1  # a pre-training is not evaluated

@@ -14,10 +14,11 @@ import pytest
 from PIL import Image
 
 from common.data.synthetic import make_synthetic_dataset
-from scripts import run_pipeline
+from scripts import jobs, pipeline_plan, pipeline_report, run_pipeline
+from scripts.pipeline_profiles import PROFILES
 from tests.conftest import fake_metrics_summary
 
-TINY = dataclasses.replace(run_pipeline.PROFILES["smoke"], name="tiny", overlay_slices=2)
+TINY = dataclasses.replace(PROFILES["smoke"], name="tiny", overlay_slices=2)
 
 
 @pytest.fixture
@@ -25,7 +26,7 @@ def layout(tmp_path: Path):
     data = tmp_path / "data"
     make_synthetic_dataset(data / "lits_liver", num_items=(4, 2, 3), size=32)
     (data / "manifest.json").write_text("{}")
-    return run_pipeline.Layout(tmp_path / "out", data)
+    return pipeline_plan.Layout(tmp_path / "out", data)
 
 
 def _keys(steps) -> list[str]:
@@ -44,7 +45,7 @@ def _marker(layout, key: str, seconds: float = 60.0) -> None:
 
 
 def test_a_fresh_run_plans_every_step_in_order_and_skips_only_the_prepared_data(layout):
-    steps = run_pipeline.plan_steps(TINY, layout, "py")
+    steps = pipeline_plan.plan_steps(TINY, layout, "py")
     assert _keys(steps) == [
         "data", "teacher", "diffusion", "transfer_set", "iad",
         "vit_scratch_finetune", "vit_scratch_evaluate", "tskd_pretrain", "tskd_finetune", "tskd_evaluate",
@@ -54,7 +55,7 @@ def test_a_fresh_run_plans_every_step_in_order_and_skips_only_the_prepared_data(
 
 
 def test_the_full_profile_adds_the_transfer_set_quality_and_the_task_agnostic_baseline(layout):
-    keys = _keys(run_pipeline.plan_steps(run_pipeline.PROFILES["full"], layout, "py"))
+    keys = _keys(pipeline_plan.plan_steps(PROFILES["full"], layout, "py"))
     assert "transfer_quality" in keys and keys.index("transfer_quality") == keys.index("transfer_set") + 1
     assert {"tskd_agnostic_pretrain", "tskd_agnostic_finetune", "tskd_agnostic_evaluate"} <= set(keys)
     assert "predict_kis_only" not in keys and "predict_kd" in keys  # the KIS-only ablation is not overlaid
@@ -68,24 +69,24 @@ def test_finished_steps_are_skipped_and_half_finished_ones_are_not(layout):
     _touch(L.iad / "table.json")
     _marker(L, "iad")
     _touch(L.tskd("tskd", 0) / "models" / "model.pt")  # best model of a fine-tune killed half-way
-    steps = {s.key: s for s in run_pipeline.plan_steps(TINY, L, "py")}
+    steps = {s.key: s for s in pipeline_plan.plan_steps(TINY, L, "py")}
     assert steps["teacher"].done and steps["iad"].done
     assert not steps["diffusion"].done and not steps["tskd_finetune"].done
     _marker(L, "tskd_finetune")
-    assert run_pipeline.plan_steps(TINY, L, "py")[_keys(steps.values()).index("tskd_finetune")].done
+    assert pipeline_plan.plan_steps(TINY, L, "py")[_keys(steps.values()).index("tskd_finetune")].done
 
 
 def test_the_commands_are_bundle_runs_with_the_profile_settings(layout):
     L = layout
-    steps = {s.key: s for s in run_pipeline.plan_steps(TINY, L, "py", threads=3)}
+    steps = {s.key: s for s in pipeline_plan.plan_steps(TINY, L, "py", threads=3)}
     teacher = steps["teacher"].cmd
     assert teacher[:5] == ["py", "-m", "monai.bundle", "run", "--config_file"]
     assert "teacher_lora/configs/train.json" in teacher[5]
     assert teacher[teacher.index("--epochs") + 1] == "1"
     assert teacher[teacher.index("--train#datalist#limit") + 1] == "16"
     assert teacher[teacher.index("--validate#datalist#limit") + 1] == "5"
-    assert steps["teacher"].timing_file == L.teacher / "train_time.json"  # what iad_table.py reads
     iad = steps["iad"].cmd
+    assert iad[iad.index("--teacher_time") + 1] == str(L.markers / "teacher.json")  # the teacher's training time
     assert iad[1] == "scripts/iad_table.py" and iad[iad.index("--threads") + 1] == "3"
     assert iad[iad.index("--rows") + 1 : iad.index("--seeds")] == ["student_only", "iad"]
     pretrain = steps["tskd_pretrain"].cmd
@@ -99,7 +100,7 @@ def test_the_commands_are_bundle_runs_with_the_profile_settings(layout):
     predict = steps["predict_iad"].cmd
     assert predict[predict.index("--bundle_root") + 1] == str(L.iad / "iad" / "seed0")
     assert predict[predict.index("--datalist#limit") + 1] == "2"
-    agnostic = {s.key: s for s in run_pipeline.plan_steps(run_pipeline.PROFILES["full"], L, "py")}
+    agnostic = {s.key: s for s in pipeline_plan.plan_steps(PROFILES["full"], L, "py")}
     cmd = agnostic["tskd_agnostic_pretrain"].cmd
     assert "task_agnostic.json" in cmd[5] and cmd[cmd.index("--teacher_ckpt") + 1] == str(L.base_ckpt)
 
@@ -108,32 +109,30 @@ def _step(tmp_path: Path, key: str, code: str) -> object:
     out = tmp_path / f"{key}.out"
     marker = tmp_path / "steps" / f"{key}.json"
     cmd = [sys.executable, "-c", f"import pathlib; {code}; pathlib.Path(r'{out}').write_text('ok')"]
-    return run_pipeline.Step(key, key, cmd, [out, marker], marker).check()
+    return jobs.Job(key, key, cmd, [out, marker], marker, log=tmp_path / "logs" / f"{key}.log")
 
 
 def test_the_runner_runs_what_is_missing_writes_markers_and_skips_it_next_time(tmp_path, capsys):
-    layout = run_pipeline.Layout(tmp_path, tmp_path)
+    layout = pipeline_plan.Layout(tmp_path, tmp_path)
     counter = tmp_path / "count"
     code = f"c = pathlib.Path(r'{counter}'); c.write_text(str(int(c.read_text() or 0) + 1) if c.exists() else '1')"
     step = _step(tmp_path, "a", code)
-    times = run_pipeline.run_steps([step], layout, env=None)
+    times = jobs.run([step], env=None)
     assert set(times) == {"a"} and counter.read_text() == "1"
     assert json.loads((tmp_path / "steps" / "a.json").read_text())["command"] == step.cmd
     assert (layout.logs / "a.log").is_file()
-    assert run_pipeline.run_steps([_step(tmp_path, "a", code)], layout, env=None) == {}
+    assert jobs.run([_step(tmp_path, "a", code)], env=None) == {}
     assert counter.read_text() == "1"
     assert "skip" in capsys.readouterr().out
 
 
 def test_a_failing_step_stops_the_pipeline_naming_its_log_and_leaves_no_marker(tmp_path):
-    layout = run_pipeline.Layout(tmp_path, tmp_path)
     with pytest.raises(SystemExit, match=r"step 'bad' .* failed \(exit 3\).*bad\.log"):
-        run_pipeline.run_steps([_step(tmp_path, "bad", "raise SystemExit(3)")], layout, env=None)
+        jobs.run([_step(tmp_path, "bad", "raise SystemExit(3)")], env=None)
     assert not (tmp_path / "steps" / "bad.json").exists()
 
 
 def test_parallel_steps_start_when_what_they_need_is_done_and_a_failure_keeps_the_others_work(tmp_path):
-    layout = run_pipeline.Layout(tmp_path, tmp_path)
     log = tmp_path / "order"
     append = lambda name: f"open(r'{log}', 'a').write('{name} ')"  # noqa: E731
     first = _step(tmp_path, "first", append("first"))
@@ -143,7 +142,7 @@ def test_parallel_steps_start_when_what_they_need_is_done_and_a_failure_keeps_th
     )
     second.needs = ("first",)
     other = _step(tmp_path, "other", append("other"))
-    times = run_pipeline.run_steps([first, second, other], layout, env=None, jobs=2)
+    times = jobs.run([first, second, other], env=None, parallel=2)
     assert set(times) == {"first", "second", "other"}
     order = log.read_text().split()
     assert order.index("first") < order.index("second")
@@ -153,18 +152,18 @@ def test_parallel_steps_start_when_what_they_need_is_done_and_a_failure_keeps_th
     after = _step(tmp_path, "after", "")
     after.needs = ("bad",)
     with pytest.raises(SystemExit, match=r"step 'bad' .* failed \(exit 3\)"):
-        run_pipeline.run_steps([slow, bad, after], layout, env=None, jobs=2)
+        jobs.run([slow, bad, after], env=None, parallel=2)
     assert (tmp_path / "steps" / "slow.json").is_file()
     assert not (tmp_path / "steps" / "bad.json").exists() and not (tmp_path / "after.out").exists()
 
 
 def test_every_step_needs_only_earlier_steps(layout):
-    for profile in (TINY, run_pipeline.PROFILES["full"]):
+    for profile in (TINY, PROFILES["full"]):
         seen = set()
-        for step in run_pipeline.plan_steps(profile, layout, "py"):
+        for step in pipeline_plan.plan_steps(profile, layout, "py"):
             assert set(step.needs) <= seen, step.key
             seen.add(step.key)
-    steps = {s.key: s for s in run_pipeline.plan_steps(run_pipeline.PROFILES["full"], layout, "py")}
+    steps = {s.key: s for s in pipeline_plan.plan_steps(PROFILES["full"], layout, "py")}
     assert steps["iad"].needs == ("teacher",) and set(steps["tskd_pretrain"].needs) == {"teacher", "transfer_set"}
     assert steps["tskd_agnostic_pretrain"].needs == ("transfer_set",) and steps["predict_kd"].needs == ("iad",)
 
@@ -214,8 +213,8 @@ def test_the_report_gathers_every_result_into_tables_curves_and_overlays(layout,
         "student": {"params": 7.87e6, "macs": 6.5e8, "latency_ms": 12.0},
         "vit": {"params": 6.42e6, "macs": 5.9e8, "latency_ms": 9.0},
     }
-    monkeypatch.setattr(run_pipeline, "network_sizes", lambda profile, iad_sizes, threads: sizes)
-    md_path = run_pipeline.write_report(TINY, layout, threads=1, wall_seconds=600)
+    monkeypatch.setattr(pipeline_report, "network_sizes", lambda profile, iad_sizes, threads: sizes)
+    md_path = pipeline_report.write_report(TINY, layout, threads=1, wall_seconds=600)
     md = md_path.read_text()
     lines = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
     assert lines["Teacher (LiteMedSAM + LoRA)"].startswith(
@@ -243,19 +242,19 @@ def test_the_report_gathers_every_result_into_tables_curves_and_overlays(layout,
 
 
 def test_the_report_of_an_empty_run_says_so_instead_of_failing(layout, monkeypatch):
-    monkeypatch.setattr(run_pipeline, "network_sizes", lambda *a: {})
-    md = run_pipeline.write_report(TINY, layout, threads=1).read_text()
+    monkeypatch.setattr(pipeline_report, "network_sizes", lambda *a: {})
+    md = pipeline_report.write_report(TINY, layout, threads=1).read_text()
     assert "(no evaluated method yet)" in md
 
 
 def test_a_folder_of_another_profile_is_refused(tmp_path):
     from common.errors import InputError
 
-    layout = run_pipeline.Layout(tmp_path / "out", tmp_path)
+    layout = pipeline_plan.Layout(tmp_path / "out", tmp_path)
     run_pipeline.check_profile(TINY, layout)
     run_pipeline.check_profile(TINY, layout)  # the same settings resume
     with pytest.raises(InputError, match=r"profile 'tiny' whose settings differ .* \['name', 'overlay_slices'\]"):
-        run_pipeline.check_profile(run_pipeline.PROFILES["smoke"], layout)
+        run_pipeline.check_profile(PROFILES["smoke"], layout)
 
 
 def test_bad_threads_is_a_clear_error(tmp_path):

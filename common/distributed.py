@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence, Sized
 from datetime import timedelta
 from typing import Any
 
@@ -42,6 +43,7 @@ from torch.nn.parallel import DistributedDataParallel
 from common.handlers.resume import ResumableCheckpoint, derive_seed
 
 __all__ = [
+    "fixed_length_sampler",
     "DistributedNetwork",
     "GradientAllReduce",
     "RankZeroCheckpoint",
@@ -88,6 +90,21 @@ def get_rank() -> int:
 def get_world_size() -> int:
     """The number of processes (1 when not distributed)."""
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def fixed_length_sampler(dataset: Sized, batches_per_epoch: int, batch_size: int, seed: int = 0):
+    """Draw ``batches_per_epoch`` × ``batch_size`` items per epoch, with replacement, whatever the dataset's size (the
+    3D bundle's patch-sampling epochs): a ``RandomSampler``; under ``torch.distributed``, MONAI's
+    ``DistributedWeightedRandomSampler`` with equal weights, each rank drawing ceil(batches / world size) batches."""
+    from monai.data import DistributedWeightedRandomSampler
+    from torch.utils.data import RandomSampler
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return RandomSampler(dataset, replacement=True, num_samples=int(batches_per_epoch) * int(batch_size))
+    per_rank = math.ceil(int(batches_per_epoch) / get_world_size()) * int(batch_size)
+    return DistributedWeightedRandomSampler(
+        dataset, weights=[1.0] * len(dataset), num_samples_per_rank=per_rank, even_divisible=True, seed=seed
+    )
 
 
 def is_rank_zero() -> bool:

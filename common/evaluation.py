@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
 
-__all__ = ["EMPTY_MASK_CONVENTION", "OPTIONAL_METRICS", "case_metrics", "cldice", "summarize"]
+__all__ = ["EMPTY_MASK_CONVENTION", "OPTIONAL_METRICS", "case_metrics", "cldice", "lower_is_better", "summarize"]
 
 OPTIONAL_METRICS = ("sensitivity", "cldice")  # per class, summarised when every case has them
 
@@ -135,3 +135,9 @@ def summarize(cases: list[dict[str, list[float]]], class_names: Sequence[str]) -
         "mean_global_dice": float(np.nanmean([v["global_dice"] for v in per_class.values()])),
         "empty_mask_convention": EMPTY_MASK_CONVENTION,
     }
+
+
+def lower_is_better(current: float, best: float) -> bool:
+    """Key-metric comparison for an error-like metric (e.g. the diffusion model's validation MSE): True when
+    ``current`` beats ``best``. MONAI engines start ``best`` at -1, so the first value always wins."""
+    return best < 0 or current < best

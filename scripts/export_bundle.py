@@ -88,16 +88,17 @@ def _split_module(dotted: str) -> tuple[str, list[str]]:
     raise ExportError(f"'{dotted}' names no module of {COMMON}/.")
 
 
-def _defining_module(module: str, attrs: list[str]) -> str:
-    """The module that defines ``module.attrs[0]`` (a package may only re-export it)."""
+def _check_one_hop(module: str, attrs: list[str]) -> None:
+    """A target must name the module that defines it (one hop from ``_target_`` to code), not a re-export."""
     if not attrs:
-        return module
+        return
     try:
         obj = getattr(importlib.import_module(module), attrs[0])
     except (ImportError, AttributeError) as err:
         raise ExportError(f"'{module}.{attrs[0]}' cannot be imported: {err}") from None
     defined = getattr(obj, "__module__", None) if not isinstance(obj, type(sys)) else obj.__name__
-    return defined if isinstance(defined, str) and defined.startswith(COMMON + ".") else module
+    if isinstance(defined, str) and defined.startswith(COMMON + ".") and defined != module:
+        raise ExportError(f"'{module}.{attrs[0]}' is a re-export: target '{defined}.{attrs[0]}', its defining module.")
 
 
 def _renamed(module: str) -> str:
@@ -113,13 +114,13 @@ class CodeCollector:
 
     # config side ----------------------------------------------------------------------------------------------
     def resolve(self, dotted: str) -> str:
-        """``common.x.Name...`` → ``scripts.<module defining Name>.Name...``; records the module."""
+        """``common.x.Name...`` → ``scripts.x.Name...`` (``x`` must define ``Name``); records the module."""
         module, attrs = _split_module(dotted)
         if attrs and _module_file(f"{module}.{attrs[0]}") is not None:  # a submodule not imported by the package
             module, attrs = f"{module}.{attrs[0]}", attrs[1:]
-        defining = _defining_module(module, attrs)
-        self.add(defining)
-        return ".".join([_renamed(defining), *attrs])
+        _check_one_hop(module, attrs)
+        self.add(module)
+        return ".".join([_renamed(module), *attrs])
 
     def rewrite_value(self, value: Any, key: str | None = None) -> Any:
         if isinstance(value, Mapping):
@@ -141,9 +142,10 @@ class CodeCollector:
             if _module_file(f"{package}.{name}") is not None:
                 self.add(f"{package}.{name}")
                 return f"$import {_renamed(package)}.{name} as {alias}"
-            defining = _defining_module(*_split_module(package)[:1], [name])
-            self.add(defining)
-            return f"$from {_renamed(defining)} import {name}" + (f" as {alias}" if alias != name else "")
+            module = _split_module(package)[0]
+            _check_one_hop(module, [name])
+            self.add(module)
+            return f"$from {_renamed(module)} import {name}" + (f" as {alias}" if alias != name else "")
         return _TOKEN.sub(lambda t: self.resolve(t.group(0)), expr)
 
     # code side ------------------------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ The network, schedulers and inferer are MONAI's (``DiffusionModelUNet``, ``DDPMS
 - :func:`sample`: DDIM (or any MONAI scheduler) from that noise, in the network's [-1, 1] intensity space.
 - :class:`TransferSetGenerator`: ``num_samples`` images written as NIfTI plus ``datalist.json`` (``{"training":
   [{"image": ...}]}``, the unlabelled transfer set the students read) and a PNG grid beside them.
-- :func:`save_grid`: a PNG contact sheet, used here and by the training handler :class:`common.handlers.SampleGrid`.
+- :func:`save_grid`: a PNG contact sheet, used here and by the training handler :class:`common.handlers.sample_grid.SampleGrid`.
 """
 
 from __future__ import annotations

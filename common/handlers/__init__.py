@@ -1,9 +1,2 @@
-"""ignite handlers the bundles attach to MONAI engines."""
-
-from common.handlers.nan_guard import NonFiniteLossGuard
-from common.handlers.progress import ProgressBar
-from common.handlers.resume import ResumableCheckpoint
-from common.handlers.segmentation_report import SegmentationReport
-from common.handlers.teacher_export import TeacherExport
-
-__all__ = ["NonFiniteLossGuard", "ProgressBar", "ResumableCheckpoint", "SegmentationReport", "TeacherExport"]
+"""ignite handlers the bundles attach to MONAI engines; configs target each by its defining module
+(e.g. ``common.handlers.progress.ProgressBar``)."""

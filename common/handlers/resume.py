@@ -45,7 +45,7 @@ __all__ = [
     "LAST_CHECKPOINT",
     "ResumableCheckpoint",
     "derive_seed",
-    "key_metric_state",
+    "restore_key_metric",
     "module_state",
     "load_module_state",
 ]
@@ -53,6 +53,7 @@ __all__ = [
 LAST_CHECKPOINT = "last.pt"
 TRAINER_KEY = "trainer"
 SCALER_KEY = "grad_scaler"
+BEST_KEY = "best_metric"
 _FALSE = {"", "0", "false", "no", "none", "off"}
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -89,15 +90,17 @@ def load_module_state(module: nn.Module, state: Mapping[str, torch.Tensor], what
     module.load_state_dict(dict(state), strict=False)
 
 
-def key_metric_state(saver: Any) -> Any:
-    """The best-metric bookkeeping of a MONAI ``CheckpointSaver(save_key_metric=True)`` (an ignite ``Checkpoint``
-    with ``state_dict``/``load_state_dict``). Put it in a :class:`ResumableCheckpoint`'s ``save_dict`` so a resumed
-    run compares its validations with the best one before the crash, instead of overwriting the best model with its
+def restore_key_metric(saver: Any, evaluator: Engine, best: Mapping[str, Any], filename: str) -> None:
+    """Give the validation ``evaluator`` and its best-model ``saver`` (a MONAI ``CheckpointSaver`` with
+    ``save_key_metric=True``) back the best key metric of an interrupted run: ``best`` is ``{"value", "epoch"}`` as
+    :class:`ResumableCheckpoint` recorded it from the evaluator's public ``state.best_metric``. The saver learns it
+    through its public ``load_state_dict`` (ignite ``Checkpoint`` state: the saved file and its score), so a resumed
+    run compares its validations with the best one before the crash instead of overwriting the best model with its
     first validation."""
-    tracker = getattr(saver, "_key_metric_checkpoint", None)
-    if tracker is None:
-        raise ValueError("key_metric_state needs a CheckpointSaver built with save_key_metric=True.")
-    return tracker
+    evaluator.state.best_metric = best["value"]
+    evaluator.state.best_metric_epoch = best["epoch"]
+    if int(best["epoch"]) >= 0:  # a best model was saved before the crash
+        saver.load_state_dict({"_saved": [(float(best["value"]), filename)]})  # ignite Checkpoint.state_dict form
 
 
 def _plain(obj: Any) -> Any:
@@ -151,13 +154,17 @@ class ResumableCheckpoint:
     Args:
         save_dir: the folder of ``last.pt`` (the bundle's ``ckpt_dir``).
         save_dict: name → object with ``state_dict``/``load_state_dict`` (networks, optimiser, scheduler, loss
-            modules, :func:`key_metric_state`); ``trainer`` and ``grad_scaler`` are added by the handler.
+            modules); ``trainer`` and ``grad_scaler`` are added by the handler.
         save_interval: iterations between checkpoints within an epoch (0: at epoch ends only).
         resume: false; true (continue from ``save_dir/last.pt``, which must exist); or the path of a checkpoint
             this handler wrote. Words (``"true"``, ``"false"``) are accepted as the command line gives them.
         seed: the run's seed, for per-epoch and per-iteration reseeding; None leaves the random state alone (a
             resumed run then continues correctly but not bit-identically).
         filename: the checkpoint's file name.
+        evaluator: the validation engine; its best key metric is recorded in the checkpoint and, on resume,
+            given back to it and to ``best_saver`` (:func:`restore_key_metric`).
+        best_saver: the validation's ``CheckpointSaver`` of the best model (``save_key_metric=True``).
+        best_filename: the file that saver writes (``model.pt``).
     """
 
     def __init__(
@@ -168,8 +175,11 @@ class ResumableCheckpoint:
         resume: bool | str | os.PathLike[str] | None = False,
         seed: int | None = None,
         filename: str = LAST_CHECKPOINT,
+        evaluator: Engine | None = None,
+        best_saver: Any = None,
+        best_filename: str = "model.pt",
     ) -> None:
-        reserved = {TRAINER_KEY, SCALER_KEY} & set(save_dict)
+        reserved = {TRAINER_KEY, SCALER_KEY, BEST_KEY} & set(save_dict)
         if reserved:
             raise ValueError(f"save_dict names {sorted(reserved)} are reserved for the trainer's own state.")
         self.path = Path(save_dir) / filename
@@ -177,6 +187,9 @@ class ResumableCheckpoint:
         self.save_interval = int(save_interval)
         self.resume_path = _resume_path(resume, self.path)
         self.seed = None if seed is None else int(seed)
+        self.evaluator, self.best_saver, self.best_filename = evaluator, best_saver, best_filename
+        if best_saver is not None and evaluator is None:
+            raise ValueError("best_saver needs the evaluator whose best metric it follows.")
         self._saving_attached = False
         self.logger = logging.getLogger(__name__)
 
@@ -238,6 +251,9 @@ class ResumableCheckpoint:
         scaler = getattr(engine, "scaler", None)
         if scaler is not None:
             state[SCALER_KEY] = _plain(scaler.state_dict())
+        if self.evaluator is not None:
+            best = self.evaluator.state
+            state[BEST_KEY] = {"value": float(best.best_metric), "epoch": int(best.best_metric_epoch)}
         return state
 
     def save(self, engine: Engine) -> None:
@@ -291,6 +307,12 @@ class ResumableCheckpoint:
         scaler = getattr(engine, "scaler", None)
         if scaler is not None and SCALER_KEY in ckpt:
             scaler.load_state_dict(ckpt[SCALER_KEY])
+        if self.evaluator is not None and isinstance(ckpt.get(BEST_KEY), Mapping):
+            if self.best_saver is not None:
+                restore_key_metric(self.best_saver, self.evaluator, ckpt[BEST_KEY], self.best_filename)
+            else:
+                self.evaluator.state.best_metric = ckpt[BEST_KEY]["value"]
+                self.evaluator.state.best_metric_epoch = ckpt[BEST_KEY]["epoch"]
         engine.state.iteration = iteration
         engine.state.epoch = iteration // epoch_length
         skip = iteration % epoch_length

@@ -31,7 +31,7 @@ def test_two_stage_train_evaluate_and_inference(setup):
     bundle = root / "full"
     run(config_file=_cfg("train.json"), bundle_root=str(bundle), epochs=2, kis_epochs=1, **o)
     ckpt = torch.load(bundle / "models" / "last.pt", weights_only=True)
-    assert {"model", "distillers", "optimizer", "lr_scheduler", "best_model", "trainer"} <= set(ckpt)
+    assert {"model", "distillers", "optimizer", "lr_scheduler", "best_metric", "trainer"} <= set(ckpt)
     assert ckpt["trainer"]["epoch"] == 2 and ckpt["trainer"]["iteration"] == 4  # 2 epochs of 2 batches
     assert any(k.startswith("kas_kas.project") for k in ckpt["distillers"])  # KAS projections are saved
     assert (bundle / "models" / "model.pt").is_file()

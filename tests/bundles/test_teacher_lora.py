@@ -141,7 +141,7 @@ def test_resume_after_a_crash_gives_the_uninterrupted_teacher(tmp_path):
     assert isinstance(info.value.__cause__, _Crash)
     last = torch.load(tmp_path / "crashed" / "models" / "last.pt", weights_only=True)
     assert last["trainer"]["iteration"] == 4  # mid-epoch 2 (3 iterations per epoch)
-    assert {"model", "optimizer", "lr_scheduler", "best_model"} <= set(last)
+    assert {"model", "optimizer", "lr_scheduler", "best_metric"} <= set(last)
     assert any("lora_A" in k for k in last["model"]) and any("mask_decoder" in k for k in last["model"])
     assert not any(k.endswith("qkv.base_layer.weight") for k in last["model"])  # frozen: rebuilt, not saved
 

@@ -15,7 +15,8 @@ from torch import nn
 from common.data.synthetic import make_synthetic_dataset
 from common.engines.distillation import DistillationTrainer, LossTerm, Stage
 from common.errors import NonFiniteLossError
-from common.handlers import NonFiniteLossGuard, ResumableCheckpoint
+from common.handlers.nan_guard import NonFiniteLossGuard
+from common.handlers.resume import ResumableCheckpoint
 from common.losses.segmentation import dice_ce_loss
 
 

@@ -15,7 +15,7 @@ from torch import nn
 
 from common.checkpoints import atomic_save
 from common.errors import CheckpointError
-from common.handlers.resume import ResumableCheckpoint, _resume_path, key_metric_state, module_state
+from common.handlers.resume import ResumableCheckpoint, _resume_path, module_state, restore_key_metric
 
 BATCHES_PER_EPOCH = 3
 
@@ -178,28 +178,30 @@ def test_resume_words_and_paths(tmp_path):
 def test_best_model_bookkeeping_survives_a_resume(tmp_path):
     """A resumed run must compare its validations with the best one before the crash, not overwrite it."""
 
-    def tracker():
-        saver = CheckpointSaver(str(tmp_path), {"model": _net()}, save_key_metric=True, key_metric_name="dice",
-                                key_metric_filename="model.pt")  # fmt: skip
-        return key_metric_state(saver)
+    def saver():
+        return CheckpointSaver(str(tmp_path), {"model": _net()}, save_key_metric=True, key_metric_name="dice",
+                               key_metric_filename="model.pt")  # fmt: skip
 
     evaluator = Engine(lambda engine, batch: None)
     evaluator.state.metrics = {"dice": 0.8}
-    before_crash = tracker()
-    before_crash(evaluator)
-    atomic_save(before_crash.state_dict(), tmp_path / "state.pt")
+    evaluator.state.best_metric, evaluator.state.best_metric_epoch = 0.8, 1  # as a MONAI evaluator records it
+    before_crash = saver()
+    before_crash.metrics_completed(evaluator)  # the best model (dice 0.8)
+    assert (tmp_path / "model.pt").is_file()
     (tmp_path / "model.pt").write_bytes(b"sentinel")  # to see whether a later validation replaces it
 
-    after_resume = tracker()
-    after_resume.load_state_dict(torch.load(tmp_path / "state.pt", weights_only=True))
-    evaluator.state.metrics = {"dice": 0.5}
-    after_resume(evaluator)  # worse than the best before the crash: no new best model
+    resumed = Engine(lambda engine, batch: None)
+    resumed.state.best_metric, resumed.state.best_metric_epoch = -1, -1  # a fresh evaluator
+    after_resume = saver()
+    restore_key_metric(after_resume, resumed, {"value": 0.8, "epoch": 1}, "model.pt")
+    assert (resumed.state.best_metric, resumed.state.best_metric_epoch) == (0.8, 1)
+    resumed.state.metrics = {"dice": 0.5}
+    after_resume.metrics_completed(resumed)  # worse than the best before the crash: no new best model
     assert (tmp_path / "model.pt").read_bytes() == b"sentinel"
-    evaluator.state.metrics = {"dice": 0.9}
-    after_resume(evaluator)
+    resumed.state.metrics = {"dice": 0.9}
+    after_resume.metrics_completed(resumed)
     assert (tmp_path / "model.pt").read_bytes() != b"sentinel"
-    with pytest.raises(ValueError, match="save_key_metric=True"):
-        key_metric_state(CheckpointSaver(str(tmp_path), {"model": _net()}, save_final=True))
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["model.pt"]  # the old best file was replaced
 
 
 def test_module_state_leaves_out_frozen_parameters_only():

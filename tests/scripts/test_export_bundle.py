@@ -123,7 +123,7 @@ def test_metadata_lists_the_packages_the_code_imports(exported):
 
 def test_config_rewriting_resolves_targets_to_their_defining_module():
     collector = CodeCollector()
-    assert collector.rewrite_value({"_target_": "common.handlers.ProgressBar"}) == {
+    assert collector.rewrite_value({"_target_": "common.handlers.progress.ProgressBar"}) == {
         "_target_": "scripts.handlers.progress.ProgressBar"
     }
     assert collector.rewrite_expression("$from common.engines import distillation") == (

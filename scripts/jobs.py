@@ -7,8 +7,8 @@ writes only after the command succeeded, the keys of the jobs it ``needs``, and 
   from its beginning;
 - starts up to ``parallel`` ready jobs at once as subprocesses, in list order among the ready ones, each with
   ``OMP_NUM_THREADS`` = cores / ``parallel`` unless the environment sets it;
-- when a job fails, starts nothing new, lets the running jobs finish (their markers are kept), then exits naming the
-  failed job's log and showing its last lines;
+- when a job fails (or ends without writing its outputs), starts nothing new, lets the running jobs finish (their
+  markers are kept), then exits naming the failed job's log and showing its last lines;
 - on Ctrl-C (or SIGTERM) stops the running commands and re-raises.
 
 The marker (JSON) records the job's wall time, command and end time; it is the one place a job's wall time is kept
@@ -207,9 +207,11 @@ def run(jobs: list[Job], env: Mapping[str, str] | None = None, parallel: int = 1
                 del running[key]
                 if tty:
                     print("\r" + " " * (shutil.get_terminal_size((100, 20)).columns - 1) + "\r", end="", flush=True)
-                if r.proc.returncode:
+                missing = [str(p) for p in r.job.outputs if not p.exists()]
+                if r.proc.returncode or missing:
                     where = f"the end of {r.job.log} says why" if r.job.log else "its output above says why"
-                    failed.append(f"step '{key}' ({r.job.title}) failed (exit {r.proc.returncode}); {where}")
+                    why = f"exit {r.proc.returncode}" if r.proc.returncode else f"exit 0 without writing {missing}"
+                    failed.append(f"step '{key}' ({r.job.title}) failed ({why}); {where}")
                     print(
                         f"{r.tag} FAILED {key}" + (f"; waiting for {', '.join(running)} to finish" if running else "")
                     )

@@ -150,3 +150,10 @@ def test_a_job_needs_outputs_or_a_marker_and_keys_are_unique(tmp_path):
         Job("a", "a", ["true"])
     with pytest.raises(ValueError, match=r"unique: \['a'\]"):
         jobs.run([_job(tmp_path, "a"), _job(tmp_path, "a")])
+
+
+def test_a_job_that_ends_without_its_outputs_fails(tmp_path):
+    job = Job("lazy", "job lazy", [sys.executable, "-c", "pass"], [tmp_path / "lazy.out"], tmp_path / "lazy.json")
+    with pytest.raises(SystemExit, match=r"step 'lazy' .* failed \(exit 0 without writing .*lazy\.out"):
+        jobs.run([job])
+    assert not job.marker.exists()

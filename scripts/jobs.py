@@ -207,7 +207,7 @@ def run(jobs: list[Job], env: Mapping[str, str] | None = None, parallel: int = 1
                 del running[key]
                 if tty:
                     print("\r" + " " * (shutil.get_terminal_size((100, 20)).columns - 1) + "\r", end="", flush=True)
-                missing = [str(p) for p in r.job.outputs if not p.exists()]
+                missing = [str(p) for p in r.job.outputs if p != r.job.marker and not p.exists()]
                 if r.proc.returncode or missing:
                     where = f"the end of {r.job.log} says why" if r.job.log else "its output above says why"
                     why = f"exit {r.proc.returncode}" if r.proc.returncode else f"exit 0 without writing {missing}"

@@ -1,4 +1,4 @@
-"""One way to run jobs, used by the pipeline (``run_pipeline.py``) and by every table script.
+"""One way to run jobs: the steps of the pipeline (``run_pipeline.py``) and of every table script.
 
 A job is a command (argv), the files whose existence means it is done (``outputs``) and/or a ``marker`` the runner
 writes only after the command succeeded, the keys of the jobs it ``needs``, and a log file. :func:`run`
@@ -213,9 +213,11 @@ def run(jobs: list[Job], env: Mapping[str, str] | None = None, parallel: int = 1
                     why = f"exit {r.proc.returncode}" if r.proc.returncode else f"exit 0 without writing {missing}"
                     failed.append(f"step '{key}' ({r.job.title}) failed ({why}); {where}")
                     print(
-                        f"{r.tag} FAILED {key}" + (f"; waiting for {', '.join(running)} to finish" if running else "")
+                        f"{r.tag} FAILED {key}" + (f"; waiting for {', '.join(running)} to finish" if running else ""),
+                        flush=True,
                     )
-                    print("".join(f"      | {line}\n" for line in _tail(r.job.log, 2048).splitlines()[-15:]), end="")
+                    tail = _tail(r.job.log, 2048).splitlines()[-15:]
+                    print("".join(f"      | {line}\n" for line in tail), end="", flush=True)
                     continue
                 times[key] = _finish(r)
                 finished.add(key)

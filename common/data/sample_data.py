@@ -49,6 +49,7 @@ from typing import Any
 import numpy as np
 
 from common.data.dataset_info import DatasetInfo, write_dataset_info
+from common.errors import DataError
 
 __all__ = [
     "CLASS_NAMES",
@@ -105,8 +106,9 @@ AXES_NOTE = (
 )
 
 
-class SampleDataError(RuntimeError):
-    """Raised when the sample data cannot be fetched, verified or written; the message says what to do."""
+class SampleDataError(DataError):
+    """The sample data cannot be fetched, verified or written; the message says what to do (an InputError: one line
+    on the command line)."""
 
 
 class SampleDataDownloadError(SampleDataError):

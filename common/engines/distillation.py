@@ -26,6 +26,7 @@ import torch
 from ignite.engine import Engine, EventEnum, Events
 from monai.engines import SupervisedTrainer
 from monai.engines.utils import IterationEvents
+from monai.handlers import from_engine
 from monai.utils.enums import CommonKeys as Keys
 from torch import nn
 
@@ -39,6 +40,7 @@ __all__ = [
     "collect_distillers",
     "stage_boundaries",
     "total_iterations",
+    "iteration_loss",
     "loss_terms",
     "TEACHER_LOGITS_KEY",
 ]
@@ -137,13 +139,20 @@ def total_iterations(stages: Sequence[Stage | Mapping], iters_per_epoch: int) ->
     return sum(int(s.epochs) for s in _active(stages)) * iters_per_epoch
 
 
+def iteration_loss(output: Mapping | Sequence[Mapping]) -> float:
+    """The loss of an iteration's output, from its first item when the engine decollated it (MONAI's
+    ``from_engine(..., first=True)``, which gives a 1-tuple for a dict and the value for a list)."""
+    value = from_engine([Keys.LOSS], first=True)(output)
+    loss = value[0] if isinstance(value, tuple) else value
+    return float(loss.detach() if torch.is_tensor(loss) else loss)
+
+
 def loss_terms(output: Mapping | Sequence[Mapping]) -> dict[str, float]:
     """Output transform for Stats/TensorBoard/MLflow handlers: the total loss and every named term (of the first
     item when the engine decollated its output, as MONAI engines do by default)."""
     item = output[0] if isinstance(output, Sequence) else output
-    loss = item[Keys.LOSS]
     terms = {k[len(TERM_PREFIX) :]: float(v) for k, v in item.items() if k.startswith(TERM_PREFIX)}
-    return {"loss": float(loss.detach() if torch.is_tensor(loss) else loss), **terms}
+    return {"loss": iteration_loss(output), **terms}
 
 
 class DistillationTrainer(SupervisedTrainer):
@@ -234,7 +243,11 @@ class DistillationTrainer(SupervisedTrainer):
 
     def _update_term_means(self, engine: Engine) -> None:
         """Running epoch means of every term in ``state.metrics`` (``train_<term>``), which the Stats, TensorBoard
-        and MLflow handlers log at epoch level with no extra configuration (MONAI's ``--tracking mlflow`` too)."""
+        and MLflow handlers log at epoch level with no extra configuration (MONAI's ``--tracking mlflow`` too).
+
+        Hand-rolled rather than ignite ``Average`` metrics: the terms change with the stage and a dict-valued loss
+        names its parts only when first called, while an ``Average`` must be attached before its epoch starts and
+        raises on an epoch without updates (a term of another stage)."""
         if engine.state.iteration == 1 or (engine.state.iteration - 1) % engine.state.epoch_length == 0:
             for k in self._term_sums:  # a term of the previous stage must not linger
                 engine.state.metrics.pop(f"train_{k}", None)

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from common.data.datalist import load_datalist
 
 __all__ = [
-    "load_images",
+    "image_batch",
     "frechet_distance",
     "nearest_real",
     "embed",
@@ -47,7 +47,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 
-def load_images(
+def image_batch(
     items: Sequence[dict], image_size: int, intensity_range: Sequence[float] = (0.0, 1.0), progress: bool = False
 ) -> torch.Tensor:
     """The ``image`` of each item as (N, 1, s, s) in [0, 1] (``intensity_range`` → [0, 1], clipped; resized
@@ -210,7 +210,7 @@ class TransferSetQuality:
         generated_items = load_datalist(self.transfer_dir, "training", check=False)
         real_items = load_datalist(self.dataset_dir, self.real_split, check=False)
         ref_items = load_datalist(self.dataset_dir, self.reference_split, check=False)
-        load = lambda items: load_images(items, self.image_size, self.intensity_range, progress=True)  # noqa: E731
+        load = lambda items: image_batch(items, self.image_size, self.intensity_range, progress=True)  # noqa: E731
         generated, real, ref = load(generated_items), load(real_items), load(ref_items)
         feats = {}
         if self.encoder is not None:

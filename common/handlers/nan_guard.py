@@ -6,19 +6,14 @@ import math
 import os
 from collections.abc import Mapping
 
-import torch
 from ignite.engine import Engine, Events
 from monai.engines.utils import IterationEvents
 from monai.utils.enums import CommonKeys as Keys
 
-from common.engines.distillation import TERM_PREFIX
+from common.engines.distillation import loss_terms
 from common.errors import NonFiniteLossError
 
 __all__ = ["NonFiniteLossGuard"]
-
-
-def _value(v) -> float:
-    return float(v.detach().float().sum()) if torch.is_tensor(v) else float(v)
 
 
 def _batch_files(batch, key: str = "image") -> list[str]:
@@ -46,8 +41,8 @@ class NonFiniteLossGuard:
         item = output[0] if isinstance(output, list) else output
         if not isinstance(item, Mapping) or Keys.LOSS not in item:
             return
-        terms = {k[len(TERM_PREFIX) :]: _value(v) for k, v in item.items() if k.startswith(TERM_PREFIX)}
-        total = _value(item[Keys.LOSS])
+        terms = loss_terms(output)
+        total = terms.pop("loss")
         bad = [name for name, v in terms.items() if not math.isfinite(v)]
         if not bad and math.isfinite(total):
             return

@@ -7,15 +7,17 @@ from collections.abc import Callable, Sequence
 from ignite.engine import Engine
 from ignite.handlers import ProgressBar as _IgniteProgressBar
 
+from common.engines.distillation import iteration_loss
+
 __all__ = ["ProgressBar"]
 
 
 def _loss_of(output) -> dict:
-    item = output[0] if isinstance(output, list) and output else output
-    if not (isinstance(item, dict) and "loss" in item):
+    """``{"loss": value}`` of an iteration's output (its first item when decollated); {} when it has no loss."""
+    try:
+        return {"loss": iteration_loss(output)}
+    except (KeyError, TypeError, IndexError):
         return {}
-    loss = item["loss"]
-    return {"loss": float(loss.detach() if hasattr(loss, "detach") else loss)}
 
 
 class ProgressBar(_IgniteProgressBar):

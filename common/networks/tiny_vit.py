@@ -9,7 +9,7 @@ a 256x256 image gives a (256, 64, 64) embedding, the same grid as SAM's 1024x102
 Changes with respect to the source (module and attribute names are unchanged, so the ``image_encoder.*`` entries of
 the LiteMedSAM checkpoint load with ``strict=True``):
 
-* no timm: ``DropPath``/``to_2tuple`` are local and ``torch.nn.init.trunc_normal_`` is used;
+* no timm: ``DropPath`` is MONAI's, ``to_2tuple`` is local and ``torch.nn.init.trunc_normal_`` is used;
 * the eval-mode attention-bias cache (``ab``) is gone: the bias is gathered from ``attention_biases`` on every forward
   (negligible cost). The upstream cache went stale when weights were loaded or updated after ``eval()``, and
   ``train(True)`` without a cache re-registered it;
@@ -28,6 +28,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint
+from monai.networks.layers import DropPath
 from torch import nn
 
 __all__ = [
@@ -49,27 +50,6 @@ def to_2tuple(x: int | Sequence[int]) -> tuple[int, int]:
             raise ValueError(f"expected an int or a pair, got {x!r}")
         return int(x[0]), int(x[1])
     return int(x), int(x)
-
-
-class DropPath(nn.Module):
-    """Stochastic depth: randomly zero whole residual branches per sample during training (as timm's)."""
-
-    def __init__(self, drop_prob: float = 0.0, scale_by_keep: bool = True) -> None:
-        super().__init__()
-        self.drop_prob = float(drop_prob)
-        self.scale_by_keep = scale_by_keep
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.drop_prob == 0.0 or not self.training:
-            return x
-        keep_prob = 1.0 - self.drop_prob
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep_prob)
-        if keep_prob > 0.0 and self.scale_by_keep:
-            mask.div_(keep_prob)
-        return x * mask
-
-    def extra_repr(self) -> str:
-        return f"drop_prob={self.drop_prob}"
 
 
 class Conv2dBN(nn.Sequential):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from monai.bundle import run, verify_net_in_out
+from monai.bundle import ConfigParser, run, verify_net_in_out
 
 from tests.conftest import tiny_distillation_task
 
@@ -46,14 +46,57 @@ def test_two_stage_train_evaluate_and_inference(setup):
     assert len(list((bundle / "predictions").glob("*_seg.nii.gz"))) == 2
 
 
-@pytest.mark.parametrize(
-    "variant", ["student_only", "kd", "at", "cwd", "dist", "kis_only", "kas_only", "kd_kas"]
-)  # fmt: skip
+# the loss terms each variant logs (train_<term>, epoch means), besides the total loss and L_gt
+VARIANT_TERMS = {
+    "student_only": set(),
+    "kd": {"kd"},
+    "at": {"at"},
+    "cwd": {"cwd"},
+    "dist": {"dist"},
+    "kis_only": {"sld", "cpd"},
+    "kas_only": {"kas_rfc", "kas_css"},
+    "kd_kas": {"kd", "kas_rfc", "kas_css"},
+}
+
+
+def _train_scalars(log_dir: Path) -> set[str]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir))
+    acc.Reload()
+    return {t[len("train_") :] for t in acc.Tags()["scalars"] if t.startswith("train_") and t != "train_loss"}
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANT_TERMS))
 def test_comparison_variants_train(setup, variant):
+    """Each variant logs exactly its own terms (plus L_gt and the total), trains the student, and trains the loss
+    modules it has (KAS projections); a variant without a teacher term leaves the teacher cache alone."""
     root, o = setup
     bundle = root / variant
-    run(config_file=_cfg("train.json", f"{variant}.json"), bundle_root=str(bundle), epochs=2, kis_epochs=1, **o)
-    assert (bundle / "models" / "model.pt").is_file()
+    cache = Path(o["teacher_cache_dir"])
+    before = {p.name for p in cache.glob("*/*.pt")}
+    stages = {} if variant == "kis_only" else {"kis_epochs": 1}  # kis_only: KIS for all the epochs
+    run(config_file=_cfg("train.json", f"{variant}.json"), bundle_root=str(bundle), epochs=2, **stages, **o)
+    assert _train_scalars(bundle / "outputs") == {"gt"} | VARIANT_TERMS[variant]
+    last = torch.load(bundle / "models" / "last.pt", weights_only=True)
+    assert (bundle / "models" / "model.pt").is_file() and last["trainer"]["iteration"] == 4
+    # the run's starting weights: the same config, initialised and built the way the run built it
+    parser = ConfigParser()
+    parser.read_config(_cfg("train.json", f"{variant}.json"))
+    parser.update({"bundle_root": str(root / f"{variant}_init"), "epochs": 2, **stages, **o})
+    parser.get_parsed_content("initialize")
+    parser.get_parsed_content("train#trainer")
+    initial = {k: v.clone() for k, v in parser.get_parsed_content("network").state_dict().items()}
+    initial_losses = {k: v.clone() for k, v in parser.get_parsed_content("distillers").state_dict().items()}
+    moved = [k for k, v in initial.items() if v.is_floating_point() and not torch.equal(v, last["model"][k])]
+    assert len(moved) > len(initial) // 2, "training changed few student weights"
+    kas = {k: v for k, v in initial_losses.items() if k.startswith("kas_kas.project")}
+    assert bool(kas) == any(t.startswith("kas") for t in VARIANT_TERMS[variant] | ({"kas"} if variant == "kis_only" else set()))
+    kas_trained = any(not torch.equal(v, last["distillers"][k]) for k, v in kas.items())
+    assert kas_trained == any(t.startswith("kas") for t in VARIANT_TERMS[variant])  # kis_only: KAS never ran
+    uses_teacher = bool(VARIANT_TERMS[variant] - {"kas_rfc", "kas_css"})
+    if not uses_teacher or variant == "at":  # at runs the teacher online (its embedding is not cached)
+        assert {p.name for p in cache.glob("*/*.pt")} == before
 
 
 def test_student_inference_config_verifies():

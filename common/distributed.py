@@ -285,6 +285,9 @@ class RankZeroCheckpoint(ResumableCheckpoint):
             resume=handler.resume_path if handler.resume_path is not None else False,
             seed=handler.seed,
             filename=handler.path.name,
+            evaluator=handler.evaluator,
+            best_saver=handler.best_saver,
+            best_filename=handler.best_filename,
         )
 
     @contextlib.contextmanager

@@ -56,13 +56,13 @@ class NetworkSpec:
 
 def network_specs(only: list[str] | None = None) -> list[NetworkSpec]:
     from common.networks.sam_teacher import build_teacher
-    from common.networks.students import build_student
+    from common.networks.students import EfficientUNetStudent
     from common.networks.vit_student import build_vit_student
 
     specs = [
         NetworkSpec("SAM ViT-B", "teacher", lambda: build_teacher("vit_b", image_size=512, lora_rank=0), 512),
         NetworkSpec("LiteMedSAM", "teacher", lambda: build_teacher("litemedsam", image_size=256, lora_rank=0), 256),
-        NetworkSpec("EfficientNet-B1 U-Net", "student (IAD)", lambda: build_student(3), 128),
+        NetworkSpec("EfficientNet-B1 U-Net", "student (IAD)", lambda: EfficientUNetStudent(3), 128),
         NetworkSpec("ViT-Tiny", "student (TS-KD)", lambda: build_vit_student(3, 128), 128),
     ]
     if only:

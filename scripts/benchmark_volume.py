@@ -84,11 +84,11 @@ def main(argv: list[str] | None = None) -> str:
     from monai.bundle import run
 
     from common.data.dataset_info import DatasetInfo, write_dataset_info
-    from common.networks.students import build_student
+    from common.networks.students import EfficientUNetStudent
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    student = build_student(num_classes=3, in_channels=1).eval()
+    student = EfficientUNetStudent(num_classes=3, in_channels=1).eval()
     student.encoder.set_swish(memory_efficient=False)  # exportable; the same function
     shape = tuple(args.shape)
     results: dict[str, list[tuple[float, float]]] = {"bundle": [], "pytorch": [], "onnxruntime": []}

@@ -97,12 +97,12 @@ def size_and_latency(args: argparse.Namespace) -> dict:
     import torch
 
     from common.networks.sam_teacher import build_teacher
-    from common.networks.students import build_student
+    from common.networks.students import EfficientUNetStudent
     from common.profiling import count_parameters, latency
 
     torch.set_num_threads(args.threads)
     nets = {
-        "student": (build_student(3).eval(), 128),
+        "student": (EfficientUNetStudent(3).eval(), 128),
         "teacher": (build_teacher(args.teacher_arch, image_size=args.teacher_image_size, lora_rank=0).eval(), 128),
     }
     return {

@@ -29,7 +29,7 @@ def network_sizes(profile: Profile, iad_sizes: dict | None, threads: int) -> dic
     import torch
 
     from common.networks.sam_teacher import build_teacher
-    from common.networks.students import build_student
+    from common.networks.students import EfficientUNetStudent
     from common.networks.vit_student import build_vit_student
     from common.profiling import count_macs, count_parameters, latency
 
@@ -37,7 +37,7 @@ def network_sizes(profile: Profile, iad_sizes: dict | None, threads: int) -> dic
     iad_sizes = iad_sizes or {}
     nets = {
         "teacher": build_teacher("litemedsam", image_size=profile.teacher_image_size, lora_rank=0),
-        "student": build_student(3),
+        "student": EfficientUNetStudent(3),
         "vit": build_vit_student(3, 128, preset=profile.tskd_preset),
     }
     x = torch.rand(1, 1, 128, 128)

@@ -90,7 +90,7 @@ def size_and_latency(row: str, args: argparse.Namespace, extra: dict[str, object
     import torch
     from monai.bundle import ConfigParser
 
-    from common.networks.dynunet import count_parameters
+    from common.profiling import count_parameters
 
     torch.set_num_threads(args.threads)
     parser = ConfigParser()

@@ -49,7 +49,7 @@ def fake_metrics_summary(liver: float, tumour: float, cases: int = 3) -> dict:
 
 
 def tiny_teacher(root: Path, num_classes: int = 3, adapter: bool = True) -> dict[str, object]:
-    """Command-line overrides for a student bundle's teacher: a random ``tiny`` SAM checkpoint (seed 0) of
+    """Command-line overrides for a student bundle's teacher: a random ``test``-preset SAM checkpoint (seed 0) of
     ``num_classes`` classes at 64 px in ``root`` and, with ``adapter``, a LoRA adapter on it."""
     import torch
 
@@ -60,15 +60,15 @@ def tiny_teacher(root: Path, num_classes: int = 3, adapter: bool = True) -> dict
     root.mkdir(parents=True, exist_ok=True)
     base = root / "tiny_sam.pth"
     torch.manual_seed(0)
-    torch.save(build_teacher("tiny", num_classes=num_classes, lora_rank=0).state_dict(), base)
+    torch.save(build_teacher("test", num_classes=num_classes, lora_rank=0).state_dict(), base)
     out: dict[str, object] = {
-        "teacher_arch": "tiny",
+        "teacher_arch": "test",
         "teacher_ckpt": str(base),
         "teacher_image_size": 64,
         "teacher_cache_dir": str(root / "teacher_cache"),
     }
     if adapter:
-        teacher = build_teacher("tiny", checkpoint=base, num_classes=num_classes)
+        teacher = build_teacher("test", checkpoint=base, num_classes=num_classes)
         out["teacher_adapter"] = str(save_adapter(teacher, root / "adapter.pt"))
     return out
 

@@ -117,10 +117,10 @@ def test_bundle_infer_task_segments_a_volume_with_a_2d_student(tmp_path):
     equals the network's own slice-wise argmax at the training size."""
     import torch.nn.functional as F
 
-    from common.networks.students import build_student
+    from common.networks.students import EfficientUNetStudent
 
     torch.manual_seed(0)
-    network = build_student(num_classes=3, in_channels=1).eval()
+    network = EfficientUNetStudent(num_classes=3, in_channels=1).eval()
     with torch.no_grad():  # a random head's bias decides every pixel alike: sharpen it so the labels vary
         network.segmentation_head[0].bias.zero_()
         network.segmentation_head[0].weight.mul_(100)

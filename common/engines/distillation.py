@@ -37,7 +37,7 @@ __all__ = [
     "Stage",
     "DistillationEvents",
     "DistillationTrainer",
-    "collect_distillers",
+    "collect_loss_modules",
     "stage_boundaries",
     "total_iterations",
     "iteration_loss",
@@ -110,7 +110,7 @@ def _as_stage(stage: Stage | Mapping) -> Stage:
     return Stage(**stage)
 
 
-def collect_distillers(stages: Sequence[Stage | Mapping]) -> nn.ModuleDict:
+def collect_loss_modules(stages: Sequence[Stage | Mapping]) -> nn.ModuleDict:
     """All loss modules of all stages in one ModuleDict (``<stage>_<term>``): give its parameters to the optimiser
     and put it in the checkpoint, so trainable projections (e.g. IAD's KAS convolutions) train and are saved."""
     modules = nn.ModuleDict()

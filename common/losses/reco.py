@@ -219,7 +219,7 @@ class ReCoKDLoss(nn.Module):
         spatial_dims: 3 or 2.
 
     The alignment convolutions and the two global-context blocks of each stage are trainable: give this module's
-    parameters to the optimiser and save them with the student (``collect_distillers`` does both in the configs).
+    parameters to the optimiser and save them with the student (``collect_loss_modules`` does both in the configs).
     """
 
     def __init__(

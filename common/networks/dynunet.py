@@ -27,7 +27,7 @@ from torch import nn
 from common.checkpoints import load_checked, optional_path
 from common.errors import InputError
 
-__all__ = ["DynUNetSegmenter", "divided_filters", "build_dynunet", "count_parameters"]
+__all__ = ["DynUNetSegmenter", "divided_filters", "build_dynunet"]
 
 NNUNET_FILTERS = (32, 64, 128, 256)
 
@@ -41,11 +41,6 @@ def divided_filters(filters: Sequence[int], width_divisor: int = 1, min_channels
     if divisor < 1 or divisor & (divisor - 1):
         raise InputError(f"width_divisor must be a power of two (1, 2, 4, 8), got {width_divisor}")
     return [max(int(min_channels), int(f) // divisor) for f in filters]
-
-
-def count_parameters(network: nn.Module) -> int:
-    """Number of parameters of ``network`` (all of them, trainable or not)."""
-    return sum(p.numel() for p in network.parameters())
 
 
 class DynUNetSegmenter(DynUNet):

@@ -94,7 +94,7 @@ TEACHER_ARCHS: dict[str, TeacherArch] = {
     "vit_h": TeacherArch("vit", 1024, 1280, 32, 16, (7, 15, 23, 31)),
     "litemedsam": TeacherArch("tiny_vit", 256, normalize=False, trained_mask_tokens=1),
     # a few layers and a small width so that tests run in seconds
-    "tiny": TeacherArch(
+    "test": TeacherArch(
         "vit", 64, 32, 2, 2, (1,), window_size=2, prompt_dim=32, decoder_depth=1, decoder_mlp_dim=64,
         decoder_heads=2, iou_head_hidden_dim=32, mask_in_chans=4,
     ),
@@ -355,7 +355,7 @@ def build_teacher(
     """Build the teacher: base weights from ``checkpoint`` (None: random init), LoRA on the image encoder.
 
     Args:
-        arch: ``vit_b``, ``vit_l``, ``vit_h``, ``litemedsam`` or ``tiny``.
+        arch: ``vit_b``, ``vit_l``, ``vit_h``, ``litemedsam`` or ``test`` (a few small layers, for tests).
         checkpoint: local path of the official SAM / LiteMedSAM weights; None builds randomly initialised.
         image_size: input size (default: the architecture's native size); position embeddings are resized.
         num_classes: K, background included (K = 1: one binary mask).

@@ -34,7 +34,7 @@ from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from common.checkpoints import optional_path, read_state_dict
 from common.errors import CheckpointError, InputError
 
-__all__ = ["EfficientUNetStudent", "build_student", "load_imagenet_encoder_weights", "adapt_stem_weight"]
+__all__ = ["EfficientUNetStudent", "load_imagenet_encoder_weights", "adapt_stem_weight"]
 
 # Encoder modules that only the ImageNet classifier uses; FlexibleUNet never runs them.
 _UNUSED_ENCODER_HEAD = ("_conv_head", "_conv_head_padding", "_bn1", "_avg_pooling", "_dropout", "_fc")
@@ -186,12 +186,3 @@ class EfficientUNetStudent(FlexibleUNet):
         encoded = self.encoder(inputs)
         logits = self.segmentation_head(self.decoder(encoded, self.skip_connect))
         return {"logits": logits, "features": encoded[-1]}
-
-
-def build_student(
-    num_classes: int, in_channels: int = 1, pretrained_path: str | os.PathLike[str] | None = None, **kwargs
-) -> EfficientUNetStudent:
-    """Build the IAD student for configs: :class:`EfficientUNetStudent` with ``kwargs`` passed through."""
-    return EfficientUNetStudent(
-        num_classes=num_classes, in_channels=in_channels, pretrained_path=pretrained_path, **kwargs
-    )

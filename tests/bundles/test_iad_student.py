@@ -1,4 +1,4 @@
-"""The iad_student bundle through ``monai.bundle`` on a tiny synthetic task with a ``tiny`` LoRA teacher."""
+"""The iad_student bundle through ``monai.bundle`` on a tiny synthetic task with a ``test``-preset LoRA teacher."""
 
 from __future__ import annotations
 
@@ -31,9 +31,9 @@ def test_two_stage_train_evaluate_and_inference(setup):
     bundle = root / "full"
     run(config_file=_cfg("train.json"), bundle_root=str(bundle), epochs=2, kis_epochs=1, **o)
     ckpt = torch.load(bundle / "models" / "last.pt", weights_only=True)
-    assert {"model", "distillers", "optimizer", "lr_scheduler", "best_metric", "trainer"} <= set(ckpt)
+    assert {"model", "loss_modules", "optimizer", "lr_scheduler", "best_metric", "trainer"} <= set(ckpt)
     assert ckpt["trainer"]["epoch"] == 2 and ckpt["trainer"]["iteration"] == 4  # 2 epochs of 2 batches
-    assert any(k.startswith("kas_kas.project") for k in ckpt["distillers"])  # KAS projections are saved
+    assert any(k.startswith("kas_kas.project") for k in ckpt["loss_modules"])  # KAS projections are saved
     assert (bundle / "models" / "model.pt").is_file()
     assert list((root / "teacher_cache").glob("*/*.pt")), "the teacher cache was filled"
 
@@ -87,12 +87,14 @@ def test_comparison_variants_train(setup, variant):
     parser.get_parsed_content("initialize")
     parser.get_parsed_content("train#trainer")
     initial = {k: v.clone() for k, v in parser.get_parsed_content("network").state_dict().items()}
-    initial_losses = {k: v.clone() for k, v in parser.get_parsed_content("distillers").state_dict().items()}
+    initial_losses = {k: v.clone() for k, v in parser.get_parsed_content("loss_modules").state_dict().items()}
     moved = [k for k, v in initial.items() if v.is_floating_point() and not torch.equal(v, last["model"][k])]
     assert len(moved) > len(initial) // 2, "training changed few student weights"
     kas = {k: v for k, v in initial_losses.items() if k.startswith("kas_kas.project")}
-    assert bool(kas) == any(t.startswith("kas") for t in VARIANT_TERMS[variant] | ({"kas"} if variant == "kis_only" else set()))
-    kas_trained = any(not torch.equal(v, last["distillers"][k]) for k, v in kas.items())
+    assert bool(kas) == any(
+        t.startswith("kas") for t in VARIANT_TERMS[variant] | ({"kas"} if variant == "kis_only" else set())
+    )
+    kas_trained = any(not torch.equal(v, last["loss_modules"][k]) for k, v in kas.items())
     assert kas_trained == any(t.startswith("kas") for t in VARIANT_TERMS[variant])  # kis_only: KAS never ran
     uses_teacher = bool(VARIANT_TERMS[variant] - {"kas_rfc", "kas_css"})
     if not uses_teacher or variant == "at":  # at runs the teacher online (its embedding is not cached)

@@ -53,7 +53,7 @@ def test_torchrun_two_processes_matches_single_process_checkpoint(iad_task):
             {
                 "finalize": [
                     "$torch.save({n: {k: p.detach() for k, p in m.named_parameters()} for n, m in "
-                    "[('model', @network), ('distillers', @distillers)]}, @bundle_root + f'/rank{distributed.get_rank()}.pt')",
+                    "[('model', @network), ('loss_modules', @loss_modules)]}, @bundle_root + f'/rank{distributed.get_rank()}.pt')",
                     "$distributed.destroy_process_group()",
                 ]
             }
@@ -70,16 +70,16 @@ def test_torchrun_two_processes_matches_single_process_checkpoint(iad_task):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
 
     ranks = [torch.load(bundle / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
-    for name in ("model", "distillers"):
+    for name in ("model", "loss_modules"):
         assert ranks[0][name].keys() == ranks[1][name].keys()
         for k, v in ranks[0][name].items():
             assert torch.allclose(v, ranks[1][name][k], atol=1e-6), f"{name}.{k} differs between ranks"
-    assert any(k.startswith("kas_kas.project") for k in ranks[0]["distillers"])  # the synced loss parameters
+    assert any(k.startswith("kas_kas.project") for k in ranks[0]["loss_modules"])  # the synced loss parameters
 
     single = torch.load(root / "single" / "models" / "last.pt", weights_only=True)
     multi = torch.load(bundle / "models" / "last.pt", weights_only=True)
     assert single.keys() == multi.keys()
-    for name in ("model", "distillers"):
+    for name in ("model", "loss_modules"):
         assert _module_keys(multi[name]) == _module_keys(single[name])
         assert not any(k.startswith("module.") for k in multi[name])
     assert multi["trainer"]["epoch"] == 2 and multi["trainer"]["iteration"] == 4  # 2 of the 4 images per rank
@@ -120,7 +120,7 @@ def test_iad_variants_train_with_multi_gpu_config(iad_task, one_process_group, t
 def test_teacher_lora_multi_gpu_config_trains(one_process_group, tmp_path):
     data = make_synthetic_dataset(tmp_path / "data", num_items=(4, 2, 2), size=48)
     run(config_file=_configs("teacher_lora", "train.json", "multi_gpu_train.json"), bundle_root=str(tmp_path),
-        dataset_dir=str(data), teacher_arch="tiny", image_size=64, num_workers=0, epochs=1, batch_size=2)  # fmt: skip
+        dataset_dir=str(data), teacher_arch="test", image_size=64, num_workers=0, epochs=1, batch_size=2)  # fmt: skip
     for name in ("last.pt", "model.pt", "adapter.pt", "model_merged.pt"):
         assert (tmp_path / "models" / name).is_file(), name
 
@@ -156,9 +156,9 @@ def test_tskd_multi_gpu_configs_pretrain_and_finetune(one_process_group, tmp_pat
     transfer = make_synthetic_dataset(tmp_path / "transfer", num_items=(4, 1, 1), size=64, seed=1)
     base = tmp_path / "tiny_sam.pth"
     torch.manual_seed(0)
-    torch.save(build_teacher("tiny", num_classes=3, lora_rank=0).state_dict(), base)
+    torch.save(build_teacher("test", num_classes=3, lora_rank=0).state_dict(), base)
     o = {"dataset_dir": str(data), "image_size": 64, "batch_size": 2, "num_workers": 0, "student_preset": "test"}
-    teacher = {"teacher_arch": "tiny", "teacher_ckpt": str(base), "teacher_image_size": 64,
+    teacher = {"teacher_arch": "test", "teacher_ckpt": str(base), "teacher_image_size": 64,
                "teacher_cache_dir": str(tmp_path / "teacher_cache")}  # fmt: skip
     bundle = tmp_path / "tskd"
     run(config_file=_configs("tskd_student", "pretrain.json", "multi_gpu_pretrain.json"), bundle_root=str(bundle),

@@ -22,7 +22,7 @@ from common.data.dataset_info import DatasetInfo, load_dataset_info, write_datas
 from common.data.prepare import PrepareOptions, prepare_dataset
 from common.data.synthetic import make_synthetic_dataset
 from common.errors import CheckpointError, DataError, InputError
-from common.networks.students import build_student
+from common.networks.students import EfficientUNetStudent
 from tests.conftest import tiny_teacher
 
 REPO = Path(__file__).resolve().parents[2]
@@ -81,7 +81,7 @@ def test_one_epoch_of_each_2d_bundle_with_dataset_dir_alone(real_task):
     teacher = tiny_teacher(root / "teacher", num_classes=info.num_classes, adapter=False)
 
     bundle = root / "teacher_lora"
-    common = dict(bundle_root=str(bundle), dataset_dir=str(data), teacher_arch="tiny", **SMALL)
+    common = dict(bundle_root=str(bundle), dataset_dir=str(data), teacher_arch="test", **SMALL)
     run(config_file=_cfg("teacher_lora", "train.json"), epochs=1, **common)
     run(config_file=_cfg("teacher_lora", "train.json", "evaluate.json"), **common)
     _check_report(bundle / "eval", names, data)
@@ -189,7 +189,7 @@ def test_a_ct_volume_round_trips_through_a_2d_student(tmp_path):
     volume = _ct_volume(tmp_path / "ct.nii.gz")
     data = _ct_dataset(tmp_path / "data")
     torch.manual_seed(0)
-    student = build_student(num_classes=2, in_channels=1).eval()
+    student = EfficientUNetStudent(num_classes=2, in_channels=1).eval()
     torch.save(student.state_dict(), tmp_path / "student.pt")
     run(config_file=_cfg("iad_student", "inference.json"), bundle_root=str(tmp_path / "b"), dataset_dir=str(data),
         image=str(volume), ckpt_path=str(tmp_path / "student.pt"), image_size=64, num_workers=0)  # fmt: skip
@@ -284,9 +284,9 @@ def test_checkpoint_written_as_null_is_none(tmp_path):
     from common.networks.sam_teacher import build_teacher
 
     for value in ("null", "None", "none", ""):
-        assert build_teacher("tiny", checkpoint=value, num_classes=2).num_classes == 2
+        assert build_teacher("test", checkpoint=value, num_classes=2).num_classes == 2
     with pytest.raises(CheckpointError, match="not found: 'nope.pth'"):
-        build_teacher("tiny", checkpoint="nope.pth", num_classes=2)
+        build_teacher("test", checkpoint="nope.pth", num_classes=2)
 
 
 def test_command_line_bad_input_is_one_line(tmp_path):

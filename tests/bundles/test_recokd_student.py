@@ -61,8 +61,8 @@ def test_recokd_student_trains_evaluates_and_infers(task):
     ckpt = torch.load(bundle / "models" / "last.pt", weights_only=True)
     assert ckpt["model"]["input_block.conv1.conv.weight"].shape[0] == 8  # max(8, 8 // 2)
     assert ckpt["model"]["downsamples.0.conv1.conv.weight"].shape[0] == 8  # 16 // 2
-    assert any(k.startswith("reco_reco.align.1") for k in ckpt["distillers"])  # 8 → 16 channels at stage 1
-    assert any(k.startswith("reco_reco.context_teacher.0") for k in ckpt["distillers"])
+    assert any(k.startswith("reco_reco.align.1") for k in ckpt["loss_modules"])  # 8 → 16 channels at stage 1
+    assert any(k.startswith("reco_reco.context_teacher.0") for k in ckpt["loss_modules"])
 
     run(config_file=_cfg("train.json", "evaluate.json"), bundle_root=str(bundle), width_divisor=2, **o)
     summary = json.loads((bundle / "eval" / "metrics_summary.json").read_text())
@@ -80,7 +80,7 @@ def test_student_from_scratch_one_epoch(task):
     bundle = root / "scratch"
     run(config_file=_cfg("train.json", "student_only.json"), bundle_root=str(bundle), epochs=1, width_divisor=2, **o)
     ckpt = torch.load(bundle / "models" / "last.pt", weights_only=True)
-    assert ckpt["trainer"]["iteration"] == 2 and not any("reco" in k for k in ckpt["distillers"])
+    assert ckpt["trainer"]["iteration"] == 2 and not any("reco" in k for k in ckpt["loss_modules"])
 
 
 def test_trainer_warms_lambda_trains_distillers_and_freezes_teacher(task):
@@ -99,9 +99,9 @@ def test_trainer_warms_lambda_trains_distillers_and_freezes_teacher(task):
     }.items():
         parser[key] = value  # fmt: skip
     trainer = parser.get_parsed_content("train#trainer")
-    teacher, distillers = parser.get_parsed_content("teacher"), parser.get_parsed_content("distillers")
+    teacher, loss_modules = parser.get_parsed_content("teacher"), parser.get_parsed_content("loss_modules")
     teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    align_before = distillers["reco_reco"].align[1].weight.detach().clone()
+    align_before = loss_modules["reco_reco"].align[1].weight.detach().clone()
     lambdas = []
     trainer.add_event_handler(Events.EPOCH_COMPLETED, lambda e: lambdas.append(e.state.metrics["weight_reco"]))
     trainer.run()
@@ -110,7 +110,7 @@ def test_trainer_warms_lambda_trains_distillers_and_freezes_teacher(task):
     assert {"term_reco_fg", "term_reco_bg", "term_reco_att", "term_reco_rel", "term_ds", "term_gt"} <= set(terms)
     assert all(torch.equal(v, teacher_before[k]) for k, v in teacher.state_dict().items())
     assert all(p.grad is None and not p.requires_grad for p in teacher.parameters())
-    assert not torch.equal(distillers["reco_reco"].align[1].weight, align_before)  # distillers train
+    assert not torch.equal(loss_modules["reco_reco"].align[1].weight, align_before)  # loss_modules train
 
 
 def test_inference_config_verifies(tmp_path):

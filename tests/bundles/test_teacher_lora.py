@@ -1,4 +1,4 @@
-"""The teacher_lora bundle run through ``monai.bundle`` on a tiny synthetic task with the ``tiny`` preset."""
+"""The teacher_lora bundle run through ``monai.bundle`` on a tiny synthetic task with the ``test`` teacher preset."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from common.networks.sam_teacher import build_teacher
 
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "bundles" / "teacher_lora" / "configs"
-TINY = {"teacher_arch": "tiny", "image_size": 64, "num_workers": 0}
+TINY = {"teacher_arch": "test", "image_size": 64, "num_workers": 0}
 
 
 def _cfg(*names: str) -> list[str]:
@@ -48,7 +48,7 @@ def test_train_writes_best_checkpoint_adapter_and_merged(trained):
     for name in ("model.pt", "adapter.pt", "model_merged.pt"):
         assert (models / name).is_file(), name
     merged = torch.load(models / "model_merged.pt", weights_only=True)
-    plain = build_teacher("tiny", image_size=64, num_classes=3, lora_rank=0)
+    plain = build_teacher("test", image_size=64, num_classes=3, lora_rank=0)
     plain.load_state_dict(merged, strict=True)
     adapter = torch.load(models / "adapter.pt", weights_only=True)
     assert any("lora_A" in k for k in adapter) and not any(k.endswith("qkv.base_layer.weight") for k in adapter)
@@ -79,7 +79,7 @@ def test_inference_writes_nifti_and_cache_writes_teacher_logits(trained):
     assert seg.shape == (48, 48) and set(seg.ravel().tolist()) <= {0, 1, 2}
 
     run(config_file=_cfg("inference.json", "cache.json"), bundle_root=str(root), dataset_dir=str(data), **TINY)
-    teacher = build_teacher("tiny", image_size=64, num_classes=3, lora_rank=0)
+    teacher = build_teacher("test", image_size=64, num_classes=3, lora_rank=0)
     teacher.load_state_dict(torch.load(root / "models" / "model_merged.pt", weights_only=True))
     cache = TeacherCache(root / "teacher_cache", teacher_fingerprint(teacher, 64))  # logits at the image's size
     image = nib.load(data / "images" / "image_000.nii.gz").get_fdata()
@@ -89,7 +89,7 @@ def test_inference_writes_nifti_and_cache_writes_teacher_logits(trained):
         expected = teacher.eval()(torch.as_tensor(image, dtype=torch.float32)[None, None])[0]
     assert torch.allclose(entry["logits"], expected, atol=1e-4)
     # a changed teacher misses instead of serving a stale entry
-    other = TeacherCache(root / "teacher_cache", teacher_fingerprint(build_teacher("tiny", image_size=64), 64))
+    other = TeacherCache(root / "teacher_cache", teacher_fingerprint(build_teacher("test", image_size=64), 64))
     assert other.load(torch.as_tensor(image, dtype=torch.float32)[None]) is None
 
 
@@ -106,7 +106,7 @@ def test_bad_dataset_dir_is_named(tmp_path):
 def test_command_line_prints_one_clear_line_for_bad_input(tmp_path):
     data = make_synthetic_dataset(tmp_path / "data", num_items=(1, 1, 1), size=16, num_classes=3)
     cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(CONFIGS / "train.json")]
-    cmd += ["--bundle_root", str(tmp_path), "--dataset_dir", str(data), "--num_classes", "2", "--teacher_arch", "tiny"]
+    cmd += ["--bundle_root", str(tmp_path), "--dataset_dir", str(data), "--num_classes", "2", "--teacher_arch", "test"]
     out = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert out.returncode == 1
     assert "error: label" in out.stderr and "outside 0..1 (num_classes=2)" in out.stderr

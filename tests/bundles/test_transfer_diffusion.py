@@ -90,9 +90,9 @@ def test_seeded_sampling_is_reproducible_and_readable_by_the_students(trained):
     # cache (the teacher labels the unlabelled transfer set) both read it.
     torch.manual_seed(0)
     student = root / "student.pt"
-    from common.networks.students import build_student
+    from common.networks.students import EfficientUNetStudent
 
-    torch.save(build_student(num_classes=3).state_dict(), student)
+    torch.save(EfficientUNetStudent(num_classes=3).state_dict(), student)
     run(
         config_file=str(REPO / "bundles" / "iad_student" / "configs" / "inference.json"),
         bundle_root=str(root / "iad"),
@@ -105,13 +105,13 @@ def test_seeded_sampling_is_reproducible_and_readable_by_the_students(trained):
     assert len(list((root / "iad" / "predictions").glob("*_seg.nii.gz"))) == 3
 
     teacher = root / "teacher.pt"
-    torch.save(build_teacher("tiny", num_classes=3, lora_rank=0, image_size=64).state_dict(), teacher)
+    torch.save(build_teacher("test", num_classes=3, lora_rank=0, image_size=64).state_dict(), teacher)
     teacher_configs = REPO / "bundles" / "teacher_lora" / "configs"
     run(
         config_file=[str(teacher_configs / "inference.json"), str(teacher_configs / "cache.json")],
         bundle_root=str(root / "teacher"),
         dataset_dir=str(a),
-        teacher_arch="tiny",
+        teacher_arch="test",
         image_size=64,
         ckpt_path=str(teacher),
         teacher_cache_dir=str(root / "cache"),
@@ -125,14 +125,14 @@ def test_quality_report_against_the_held_out_split(trained):
     out = _sample(bundle, root / "set_q")
     torch.manual_seed(0)
     teacher = root / "tiny_sam.pth"
-    torch.save(build_teacher("tiny", num_classes=3, lora_rank=0, image_size=64).state_dict(), teacher)
+    torch.save(build_teacher("test", num_classes=3, lora_rank=0, image_size=64).state_dict(), teacher)
     run(
         config_file=str(CONFIGS / "evaluate.json"),
         bundle_root=str(bundle),
         transfer_dir=str(out),
         dataset_dir=str(data),
         image_size=32,
-        teacher_arch="tiny",
+        teacher_arch="test",
         teacher_ckpt=str(teacher),
         teacher_image_size=64,
     )

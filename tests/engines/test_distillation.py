@@ -1,4 +1,4 @@
-"""The distillation engine: stages, weighted named terms, frozen teacher, cache ≡ online, trainable distillers."""
+"""The distillation engine: stages, weighted named terms, frozen teacher, cache ≡ online, trainable loss_modules."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from common.engines.distillation import (
     DistillationTrainer,
     LossTerm,
     Stage,
-    collect_distillers,
+    collect_loss_modules,
     loss_terms,
 )
 from common.engines.teacher_cache import LoadTeacherCached, TeacherCache, fill_teacher_cache
@@ -23,7 +23,7 @@ from common.losses.baselines import KnowledgeDistillationLoss
 from common.losses.iad import KnowledgeAssimilationLoss, SoftLabelDistillationLoss
 from common.losses.segmentation import dice_ce_loss
 from common.networks.sam_teacher import build_teacher
-from common.networks.students import build_student
+from common.networks.students import EfficientUNetStudent
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +45,8 @@ def _loader(items, cache=None, batch_size=2):
 
 
 def _trainer(student, teacher, loader, stages, **kwargs):
-    distillers = collect_distillers(stages)
-    params = list(student.parameters()) + list(distillers.parameters())
+    loss_modules = collect_loss_modules(stages)
+    params = list(student.parameters()) + list(loss_modules.parameters())
     return DistillationTrainer(
         device="cpu",
         train_data_loader=loader,
@@ -65,7 +65,7 @@ def _kd_stage(epochs=1):
 
 def test_loss_is_the_weighted_sum_of_named_terms_and_teacher_stays_frozen(task):
     torch.manual_seed(0)
-    student, teacher = build_student(3).eval(), build_teacher("tiny", image_size=64)
+    student, teacher = EfficientUNetStudent(3).eval(), build_teacher("test", image_size=64)
     teacher_state = copy.deepcopy(teacher.state_dict())
     stage = Stage(
         "kis",
@@ -86,14 +86,14 @@ def test_loss_is_the_weighted_sum_of_named_terms_and_teacher_stays_frozen(task):
 
 def test_stages_switch_and_kas_projections_train(task):
     torch.manual_seed(0)
-    student = build_student(3)
+    student = EfficientUNetStudent(3)
     kas = KnowledgeAssimilationLoss(student.feature_channels, 3)
     before = copy.deepcopy(kas.state_dict())
     stages = [
         _kd_stage(1),
         {"name": "kas", "epochs": 2, "terms": {"kas": LossTerm(kas, 0.1, ("student_logits", "student_features"))}},
     ]
-    trainer = _trainer(student, build_teacher("tiny", image_size=64), _loader(task), stages)
+    trainer = _trainer(student, build_teacher("test", image_size=64), _loader(task), stages)
     started, keys = [], []
     trainer.add_event_handler(DistillationEvents.STAGE_STARTED, lambda e: started.append(e.stage.name))
     trainer.add_event_handler(
@@ -106,19 +106,19 @@ def test_stages_switch_and_kas_projections_train(task):
     assert {k for k in trainer.state.metrics if k.startswith("train_")} == {
         "train_loss", "train_gt", "train_kas_css", "train_kas_rfc"
     }  # fmt: skip
-    assert collect_distillers(stages)["kas_kas"] is kas
+    assert collect_loss_modules(stages)["kas_kas"] is kas
     for k, v in before.items():
         assert not torch.equal(v, kas.state_dict()[k]), f"KAS projection {k} did not train"
 
 
 def test_cached_teacher_gives_the_same_training_as_online(task, tmp_path):
-    teacher = build_teacher("tiny", image_size=64).eval()
+    teacher = build_teacher("test", image_size=64).eval()
     cache = fill_teacher_cache(TeacherCache(tmp_path / "cache", teacher=teacher, image_size=64), task)
     results = []
     # batch 4 at 64 px: BatchNorm over a 1x1 bottleneck with batch 2 would amplify float noise into chaos
     for loader, t in ((_loader(task, batch_size=4), teacher), (_loader(task, cache, batch_size=4), None)):
         torch.manual_seed(0)
-        student = build_student(3)
+        student = EfficientUNetStudent(3)
         _trainer(student, t, loader, [_kd_stage(3)]).run()
         results.append(student.state_dict())
     for k, v in results[0].items():
@@ -129,7 +129,7 @@ def test_cached_teacher_gives_the_same_training_as_online(task, tmp_path):
 
 def test_gradient_accumulation_steps_every_n_iterations(task):
     torch.manual_seed(0)
-    student = build_student(3)
+    student = EfficientUNetStudent(3)
     trainer = _trainer(student, None, _loader(task, batch_size=1), [Stage("student", 1)], accumulation_steps=2)
     weight = student.segmentation_head[0].weight
     snapshots = [weight.detach().clone()]
@@ -142,19 +142,19 @@ def test_gradient_accumulation_steps_every_n_iterations(task):
 def test_teacher_and_student_class_counts_must_agree(task):
     from common.errors import InputError
 
-    teacher = build_teacher("tiny", image_size=64, num_classes=4)
+    teacher = build_teacher("test", image_size=64, num_classes=4)
     with pytest.raises(InputError, match="the teacher outputs 4 classes and the student 3"):
-        _trainer(build_student(3), teacher, _loader(task), [_kd_stage(1)])
+        _trainer(EfficientUNetStudent(3), teacher, _loader(task), [_kd_stage(1)])
     # a student-only stage never compares them
-    _trainer(build_student(3), teacher, _loader(task), [Stage("student", 1)])
+    _trainer(EfficientUNetStudent(3), teacher, _loader(task), [Stage("student", 1)])
 
 
 def test_cached_logits_that_do_not_fit_the_student_are_named(task, tmp_path):
     from common.errors import InputError
 
-    teacher4 = build_teacher("tiny", image_size=64, num_classes=4).eval()
+    teacher4 = build_teacher("test", image_size=64, num_classes=4).eval()
     cache = fill_teacher_cache(TeacherCache(tmp_path / "cache", teacher=teacher4, image_size=64), task)
-    trainer = _trainer(build_student(3), None, _loader(task, cache), [_kd_stage(1)])
+    trainer = _trainer(EfficientUNetStudent(3), None, _loader(task, cache), [_kd_stage(1)])
     with pytest.raises(InputError, match=r"cached teacher logits .* of shape \(2, 4, 64, 64\) do not fit the "
                        r"student's logits \(2, 3, 64, 64\)"):  # fmt: skip
         trainer.run()
@@ -181,7 +181,7 @@ def test_unlabelled_pretraining_from_cached_embeddings_matches_online(task, tmp_
 
     from common.networks.vit_student import build_vit_student
 
-    teacher = build_teacher("tiny", image_size=64).eval()  # embedding 32 x 4 x 4, like the test student's neck
+    teacher = build_teacher("test", image_size=64).eval()  # embedding 32 x 4 x 4, like the test student's neck
     images = _unlabelled(task)
     cache = fill_teacher_cache(
         TeacherCache(tmp_path / "cache", teacher=teacher, image_size=64, outputs=("logits", "embedding")), images
@@ -212,7 +212,7 @@ def test_unlabelled_batches_need_a_stage_without_ground_truth(task):
     from common.errors import InputError
     from common.networks.vit_student import build_vit_student
 
-    teacher = build_teacher("tiny", image_size=64).eval()
+    teacher = build_teacher("test", image_size=64).eval()
     data = [Compose([LoadImaged(keys="image", ensure_channel_first=True), EnsureTyped(keys="image")])(i)
             for i in _unlabelled(task)]  # fmt: skip
     student = build_vit_student(3, image_size=64, preset="test")

@@ -7,7 +7,8 @@ import torch
 from monai.networks.nets import DynUNet
 
 from common.errors import CheckpointError, InputError
-from common.networks.dynunet import DynUNetSegmenter, build_dynunet, count_parameters, divided_filters
+from common.networks.dynunet import DynUNetSegmenter, build_dynunet, divided_filters
+from common.profiling import count_parameters
 
 TINY = [8, 16, 32]
 

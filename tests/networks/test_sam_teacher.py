@@ -33,18 +33,18 @@ def _train_steps(model: torch.nn.Module, steps: int = 3, size: int = 64) -> None
 
 
 def test_prompt_free_head_returns_k_logits_at_input_size():
-    model = build_teacher("tiny", num_classes=5)
+    model = build_teacher("test", num_classes=5)
     out = model.forward_features(torch.rand(2, 1, 64, 64))
     assert out["logits"].shape == (2, 5, 64, 64)
     assert out["embedding"].shape == (2, 32, 4, 4)
     # inputs of another size are resized to image_size and the logits back to the input size
     assert model(torch.rand(1, 3, 48, 80)).shape == (1, 5, 48, 80)
-    assert build_teacher("tiny", num_classes=1)(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
+    assert build_teacher("test", num_classes=1)(torch.rand(1, 1, 64, 64)).shape == (1, 1, 64, 64)
 
 
 def test_lora_trains_only_intended_parameters_and_keeps_base_weights():
     torch.manual_seed(0)
-    model = build_teacher("tiny", num_classes=3, lora_rank=2)
+    model = build_teacher("test", num_classes=3, lora_rank=2)
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
     encoder_trainable = {n for n in trainable if n.startswith("image_encoder.")}
     assert encoder_trainable and all(".qkv.lora_" in n for n in encoder_trainable)
@@ -67,7 +67,7 @@ def test_lora_trains_only_intended_parameters_and_keeps_base_weights():
 
 def test_merged_export_reproduces_adapted_network(tmp_path):
     torch.manual_seed(0)
-    model = build_teacher("tiny", num_classes=3, lora_rank=4, lora_alpha=8)
+    model = build_teacher("test", num_classes=3, lora_rank=4, lora_alpha=8)
     _train_steps(model)
     model.eval()
     x = torch.rand(2, 1, 64, 64)
@@ -76,7 +76,7 @@ def test_merged_export_reproduces_adapted_network(tmp_path):
     path = save_merged(model, tmp_path / "model_merged.pt")
     state = torch.load(path, weights_only=True)
     assert not any("lora_" in k for k in state)
-    plain = build_teacher("tiny", num_classes=3, lora_rank=0)
+    plain = build_teacher("test", num_classes=3, lora_rank=0)
     plain.load_state_dict(state, strict=True)
     plain.eval()
     with torch.no_grad():
@@ -88,27 +88,27 @@ def test_merged_export_reproduces_adapted_network(tmp_path):
 def test_adapter_roundtrip_on_the_same_base_checkpoint(tmp_path):
     torch.manual_seed(0)
     base = tmp_path / "base.pth"
-    torch.save(build_teacher("tiny", num_classes=4, lora_rank=0).state_dict(), base)  # a "SAM" with 4 mask tokens
-    model = build_teacher("tiny", checkpoint=base, num_classes=3)
+    torch.save(build_teacher("test", num_classes=4, lora_rank=0).state_dict(), base)  # a "SAM" with 4 mask tokens
+    model = build_teacher("test", checkpoint=base, num_classes=3)
     _train_steps(model)
     path = save_adapter(model, tmp_path / "adapter.pt")
     assert set(torch.load(path, weights_only=True)) == set(adapter_state_dict(model))
-    rebuilt = build_teacher("tiny", checkpoint=base, num_classes=3, adapter=path)
+    rebuilt = build_teacher("test", checkpoint=base, num_classes=3, adapter=path)
     model.eval(), rebuilt.eval()
     x = torch.rand(1, 1, 64, 64)
     with torch.no_grad():
         assert torch.allclose(model(x), rebuilt(x), atol=1e-6)
     with pytest.raises(CheckpointError, match="does not fit"):
-        load_adapter(build_teacher("tiny", checkpoint=base, num_classes=3, lora_rank=8), path)
+        load_adapter(build_teacher("test", checkpoint=base, num_classes=3, lora_rank=8), path)
 
 
 def test_checkpoint_adaptation_resizes_position_embeddings_and_mask_tokens(tmp_path):
     torch.manual_seed(0)
-    ckpt = build_teacher("tiny", num_classes=4, lora_rank=0).state_dict()  # native 64 px: 4x4 grid, 4 mask tokens
+    ckpt = build_teacher("test", num_classes=4, lora_rank=0).state_dict()  # native 64 px: 4x4 grid, 4 mask tokens
     ckpt["image_encoder.pos_embed"] = torch.full_like(ckpt["image_encoder.pos_embed"], 0.5)
     path = tmp_path / "sam_tiny.pth"
     torch.save({"model": ckpt}, path)  # nested form is accepted too
-    model = build_teacher("tiny", checkpoint=path, image_size=128, num_classes=6, lora_rank=0)
+    model = build_teacher("test", checkpoint=path, image_size=128, num_classes=6, lora_rank=0)
     state = model.state_dict()
     assert state["image_encoder.pos_embed"].shape == (1, 8, 8, 32)
     assert torch.allclose(state["image_encoder.pos_embed"], torch.tensor(0.5))  # bilinear keeps a constant
@@ -126,11 +126,11 @@ def test_checkpoint_adaptation_resizes_position_embeddings_and_mask_tokens(tmp_p
 
 def test_checkpoint_of_another_architecture_gets_a_clear_error(tmp_path):
     path = tmp_path / "other.pth"
-    torch.save(build_teacher("tiny", num_classes=3, lora_rank=0).state_dict(), path)
+    torch.save(build_teacher("test", num_classes=3, lora_rank=0).state_dict(), path)
     with pytest.raises(CheckpointError, match="does not fit teacher_arch='vit_b'"):
         build_teacher("vit_b", checkpoint=path, image_size=64)
     with pytest.raises(CheckpointError, match="not found"):
-        build_teacher("tiny", checkpoint=tmp_path / "missing.pth")
+        build_teacher("test", checkpoint=tmp_path / "missing.pth")
     with pytest.raises(InputError, match="teacher_arch must be one of"):
         build_teacher("vit_x")
 

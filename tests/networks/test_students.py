@@ -12,7 +12,7 @@ from monai.bundle import verify_net_in_out
 from monai.networks.nets import EfficientNetBN, FlexibleUNet
 
 from common.errors import CheckpointError, InputError
-from common.networks.students import EfficientUNetStudent, adapt_stem_weight, build_student
+from common.networks.students import EfficientUNetStudent, adapt_stem_weight
 
 # B1, K=3, 2D: encoder 6,100,448 + decoder 1,771,584 + head 435 (MONAI 1.6.1; the dropped classifier head of the
 # encoder would add 1,693,160 more).
@@ -121,8 +121,8 @@ def test_bad_weights_files_raise(tmp_path: Path, imagenet_state: dict[str, torch
 
 
 def test_verify_net_in_out(tmp_path: Path) -> None:
-    """MONAI's bundle check on a config using ``build_student``, plus the (1, 1, 96, 96) -> (1, K, 96, 96) shape."""
-    config = {"network_def": {"_target_": "common.networks.students.build_student", "num_classes": 3}}
+    """MONAI's bundle check on a config using ``EfficientUNetStudent``, plus the (1, 1, 96, 96) -> (1, K, 96, 96) shape."""
+    config = {"network_def": {"_target_": "common.networks.students.EfficientUNetStudent", "num_classes": 3}}
     image = {"type": "image", "num_channels": 1, "spatial_shape": ["32*n", "32*n"], "dtype": "float32"}
     meta = {"network_data_format": {"inputs": {"image": image}, "outputs": {"pred": {"num_channels": 3}}}}
     meta["network_data_format"]["outputs"]["pred"].update(type="image", dtype="float32")
@@ -135,7 +135,7 @@ def test_verify_net_in_out(tmp_path: Path) -> None:
         device="cpu",
         n=3,
     )
-    net = build_student(num_classes=3).eval()
+    net = EfficientUNetStudent(num_classes=3).eval()
     with torch.no_grad():
         assert net(torch.rand(1, 1, 96, 96)).shape == (1, 3, 96, 96)
 
@@ -145,8 +145,10 @@ def test_rejects_sizes_not_multiple_of_32(student: EfficientUNetStudent) -> None
         student(torch.zeros(1, 1, 80, 64))
 
 
-def test_build_student_passes_config_values_through() -> None:
-    net = build_student(num_classes=2, in_channels=3, decoder_channels=[64, 32, 16, 16, 8], norm=["instance", {}])
+def test_student_takes_config_values() -> None:
+    net = EfficientUNetStudent(
+        num_classes=2, in_channels=3, decoder_channels=[64, 32, 16, 16, 8], norm=["instance", {}]
+    )
     assert isinstance(net, EfficientUNetStudent)
     assert net.encoder._conv_stem.in_channels == 3
     assert net.segmentation_head[0].in_channels == 8
@@ -177,5 +179,5 @@ def test_torchscript_export_matches_eager(student: EfficientUNetStudent) -> None
 def test_encoder_batchnorm_momentum_is_configurable():
     """MONAI's EfficientNet keeps TF's 0.01; short trainings need faster running statistics (0.1 by default)."""
     momenta = lambda net: {m.momentum for m in net.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)}
-    assert momenta(build_student(3)) == {0.1}
-    assert momenta(build_student(3, encoder_bn_momentum=0.01)) == {0.01}
+    assert momenta(EfficientUNetStudent(3)) == {0.1}
+    assert momenta(EfficientUNetStudent(3, encoder_bn_momentum=0.01)) == {0.01}

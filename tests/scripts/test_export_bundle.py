@@ -24,7 +24,7 @@ check_bundles, export_bundle, main = export_module.check_bundles, export_module.
 BUNDLES = REPO / "bundles"
 # settings that make each bundle's network tiny for the checks (the checkpoints are random networks)
 TINY: dict[str, dict] = {
-    "teacher_lora": {"overrides": {"teacher_arch": "tiny", "image_size": 64}},
+    "teacher_lora": {"overrides": {"teacher_arch": "test", "image_size": 64}},
     "iad_student": {"onnx": True},
     "recokd_student": {"overrides": {"filters": [8, 16, 32, 64]}, "n": 2},
     "transfer_diffusion": {"ckpt": False},
@@ -132,8 +132,8 @@ def test_config_rewriting_resolves_targets_to_their_defining_module():
     assert collector.rewrite_expression("$import common.distributed as distributed") == (
         "$import scripts.distributed as distributed"
     )
-    assert collector.rewrite_value("$common.networks.students.build_student(3)") == (
-        "$scripts.networks.students.build_student(3)"
+    assert collector.rewrite_value("$common.networks.students.EfficientUNetStudent(3)") == (
+        "$scripts.networks.students.EfficientUNetStudent(3)"
     )
     # the modules those need, and what they import in turn (students -> checkpoints, errors)
     assert {"common.networks.students", "common.checkpoints", "common.errors"} <= collector.modules

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from monai.bundle import run
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from common.data.synthetic import make_synthetic_dataset
 from common.networks.sam_teacher import build_teacher
@@ -114,7 +115,13 @@ def test_iad_variants_train_with_multi_gpu_config(iad_task, one_process_group, t
     _, o = iad_task
     configs = _configs("iad_student", "train.json", f"{variant}.json", "multi_gpu_train.json")
     run(config_file=configs, bundle_root=str(tmp_path), **{**o, "epochs": 1, "kis_epochs": 0})
-    assert (tmp_path / "models" / "last.pt").is_file() and (tmp_path / "models" / "model.pt").is_file()
+    assert (tmp_path / "models" / "model.pt").is_file()
+    last = torch.load(tmp_path / "models" / "last.pt", weights_only=True)
+    assert last["trainer"]["epoch"] == 1 and last["trainer"]["iteration"] == 4  # 4 images, batch 1, one process
+    acc = EventAccumulator(str(tmp_path / "outputs"))
+    acc.Reload()
+    terms = {t for t in acc.Tags()["scalars"] if t.startswith("train_") and t != "train_loss"}
+    assert terms == {"train_gt"} | ({"train_kd"} if variant == "kd" else set())  # exactly the variant's terms
 
 
 def test_teacher_lora_multi_gpu_config_trains(one_process_group, tmp_path):

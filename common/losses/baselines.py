@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.losses.functional import resize_spatial
+from common.losses.functional import normalise_logits, resize_spatial, resolve_logit_norm
 
 __all__ = [
     "KnowledgeDistillationLoss",
@@ -50,15 +50,20 @@ class KnowledgeDistillationLoss(nn.Module):
 
     i.e. KL(S(O_t/T) ‖ S(O_s/T)) summed over classes and averaged over the B·H·W pixels. K = 1: the binary KL
     between Bernoulli(σ(O_t/T)) and Bernoulli(σ(O_s/T)). Default T = 4.
+
+    ``logit_norm`` standardises both sides first (:func:`~common.losses.functional.normalise_logits`; ``zscore`` is
+    Sun et al.'s logit-standardised KD, where T then acts on z-scores, so a smaller T than on raw logits).
     """
 
-    def __init__(self, temperature: float = 4.0) -> None:
+    def __init__(self, temperature: float = 4.0, logit_norm: str = "none") -> None:
         super().__init__()
-        self.temperature = temperature
+        resolve_logit_norm(logit_norm, 3)
+        self.temperature, self.logit_norm = temperature, logit_norm
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         t = self.temperature
-        teacher_logits = _teacher_like(teacher_logits, student_logits)
+        teacher_logits = normalise_logits(_teacher_like(teacher_logits, student_logits), self.logit_norm)
+        student_logits = normalise_logits(student_logits, self.logit_norm)
         log_ps = _class_log_probs(student_logits / t)
         log_pt = _class_log_probs(teacher_logits / t)
         kl = (log_pt.exp() * (log_pt - log_ps)).sum(dim=1)

@@ -18,7 +18,16 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["class_probabilities", "resize_spatial", "match_grid", "resize_label", "num_label_classes"]
+__all__ = [
+    "class_probabilities",
+    "resize_spatial",
+    "match_grid",
+    "resize_label",
+    "num_label_classes",
+    "LOGIT_NORMS",
+    "resolve_logit_norm",
+    "normalise_logits",
+]
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
@@ -73,3 +82,48 @@ def resize_label(label: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 def num_label_classes(num_classes: int) -> int:
     """Label values per channel count: K = 1 (one sigmoid logit) still has two label regions, 0 and 1."""
     return 2 if num_classes == 1 else num_classes
+
+
+LOGIT_NORMS = ("none", "center", "zscore", "image", "auto")
+
+
+def resolve_logit_norm(mode: str, num_channels: int) -> str:
+    """``auto`` → ``zscore`` for K ≥ 3 classes, ``image`` for K ≤ 2 (where a per-pixel z-score over two values is
+    ±1 everywhere and over one value undefined); any other mode as it is."""
+    if mode not in LOGIT_NORMS:
+        raise ValueError(f"logit_norm must be one of {LOGIT_NORMS}, got '{mode}'.")
+    if mode == "auto":
+        return "zscore" if num_channels >= 3 else "image"
+    return mode
+
+
+def normalise_logits(logits: torch.Tensor, mode: str = "none", tau: float = 1.0, eps: float = 1e-3) -> torch.Tensor:
+    """Logits (B,K,*spatial) brought to a common scale before they are matched (METHODS.md §4, "Logit scale").
+
+    SAM-family mask logits are tens in magnitude, so raw-logit L2 terms swamp the ground-truth loss. Modes:
+
+    - ``none``: as they are (paper and released code).
+    - ``center``: z − mean_k z, per pixel (removes the per-pixel shift softmax ignores).
+    - ``zscore``: (z − mean_k z) / (std_k z + eps) / τ per pixel over the class axis, population std (Sun et al.,
+      "Logit Standardization in Knowledge Distillation", CVPR 2024). The MSE of two z-scored K-vectors is
+      2(1 − ρ), bounded; invariant to a positive scale and a shift of either side.
+    - ``image``: for K ≤ 2, where ``zscore`` degenerates (two values z-score to ±1): per pixel centred as ``center``,
+      then divided by the root mean square of the centred logits over the whole image (classes and pixels) + eps,
+      and by τ. Invariant to a positive scale and a per-pixel shift; keeps each pixel's confidence relative to the
+      image's. With K = 1 (one sigmoid logit) the map is z-scored over the image's pixels instead.
+    - ``auto``: ``zscore`` for K ≥ 3, ``image`` for K ≤ 2 (:func:`resolve_logit_norm`).
+    """
+    mode = resolve_logit_norm(mode, logits.shape[1])
+    if mode == "none":
+        return logits
+    spatial = tuple(range(2, logits.ndim))
+    if mode == "image" and logits.shape[1] == 1:
+        centred = logits - logits.mean(dim=spatial, keepdim=True)
+        return centred / (centred.pow(2).mean(dim=spatial, keepdim=True).sqrt() + eps) / tau
+    centred = logits - logits.mean(dim=1, keepdim=True)
+    if mode == "center":
+        return centred
+    if mode == "zscore":
+        return centred / (centred.pow(2).mean(dim=1, keepdim=True).sqrt() + eps) / tau
+    rms = centred.pow(2).mean(dim=(1, *spatial), keepdim=True).sqrt()
+    return centred / (rms + eps) / tau

@@ -30,7 +30,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common.losses.functional import class_probabilities, num_label_classes, resize_label, resize_spatial
+from common.losses.functional import (
+    class_probabilities,
+    normalise_logits,
+    num_label_classes,
+    resize_label,
+    resize_spatial,
+    resolve_logit_norm,
+)
 
 __all__ = [
     "SoftLabelDistillationLoss",
@@ -63,13 +70,17 @@ class SoftLabelDistillationLoss(nn.Module):
       student's pixels.
     - ``"student_to_teacher"`` (TS-KD): the student's logits to the teacher's size (the teacher's full-resolution
       output); the mean runs over the teacher's pixels and the gradient flows back through the interpolation.
+
+    ``logit_norm`` (:func:`~common.losses.functional.normalise_logits`, both sides, after resizing): ``none`` (paper,
+    released code), ``center``, ``zscore``, ``image`` or ``auto``; ``tau`` divides the normalised logits.
     """
 
-    def __init__(self, resize: str = "teacher_to_student") -> None:
+    def __init__(self, resize: str = "teacher_to_student", logit_norm: str = "none", tau: float = 1.0) -> None:
         super().__init__()
         if resize not in RESIZE_DIRECTIONS:
             raise ValueError(f"resize must be one of {RESIZE_DIRECTIONS}, got '{resize}'.")
-        self.resize = resize
+        resolve_logit_norm(logit_norm, 3)  # validates the name
+        self.resize, self.logit_norm, self.tau = resize, logit_norm, float(tau)
 
     def forward(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
         teacher_logits = teacher_logits.detach()
@@ -79,7 +90,8 @@ class SoftLabelDistillationLoss(nn.Module):
             student_logits = resize_spatial(student_logits, teacher_logits.shape[2:])
         if teacher_logits.shape != student_logits.shape:
             raise ValueError(f"Teacher {tuple(teacher_logits.shape)} vs student {tuple(student_logits.shape)}.")
-        return F.mse_loss(student_logits, teacher_logits.to(student_logits.dtype))
+        teacher_logits = normalise_logits(teacher_logits.to(student_logits.dtype), self.logit_norm, self.tau)
+        return F.mse_loss(normalise_logits(student_logits, self.logit_norm, self.tau), teacher_logits)
 
 
 class PrototypeAlignmentLoss(nn.Module):
@@ -88,11 +100,16 @@ class PrototypeAlignmentLoss(nn.Module):
     For each image b and class n present in Y^b (Ω_b^n = {pixels with Y^b = n}, |Ω_b^n| > 0):
 
         P^{b,n} = (1/|Ω_b^n|) · Σ_{p ∈ Ω_b^n} O^b[:, p]                   (a C-vector; C = K for logits)
-        L_cpd   = Σ_{(b,n) present} w_n · ||P_t^{b,n} − P_s^{b,n}||²  /  #{(b,n) present}
+        L_cpd   = Σ_{(b,n) present} w_n · ||P_t^{b,n} − P_s^{b,n}||²  /  #{(b,n) present}      (reduction "present")
 
     ||·||² is the plain sum of squares over the C channels (no division by C). Absent (b, n) pairs contribute
     nothing and are not counted; if no pair is present (every label value outside [0, N)) the loss is 0, still
     attached to the student's graph. Prototypes are computed with a one-hot einsum (no loop over B×N).
+
+    The released code's choices as options: ``reduction="released"`` takes the mean over all B·N·C prototype entries,
+    absent classes included (their prototypes are 0 on both sides), i.e. Σ_{b,n} w_n·Σ_c (·)² / (B·N·C), about
+    C·N/#present times smaller; ``norm="l1"`` uses |·| instead of (·)² (a compiled version of the released code).
+    ``logit_norm``/``tau`` normalise the logits before the prototypes are taken (not with ``use_features``).
 
     Inputs:
         - ``use_features=False`` (default, as the released code): the logits (B,K,*spatial). The teacher logits
@@ -112,9 +129,22 @@ class PrototypeAlignmentLoss(nn.Module):
     """
 
     def __init__(
-        self, num_classes: int, class_weights: Sequence[float] | None = None, use_features: bool = False
+        self,
+        num_classes: int,
+        class_weights: Sequence[float] | None = None,
+        use_features: bool = False,
+        logit_norm: str = "none",
+        tau: float = 1.0,
+        reduction: str = "present",
+        norm: str = "l2",
     ) -> None:
         super().__init__()
+        if reduction not in ("present", "released") or norm not in ("l2", "l1"):
+            raise ValueError(
+                f"reduction must be 'present' or 'released' and norm 'l2' or 'l1', got {reduction}, {norm}."
+            )
+        resolve_logit_norm(logit_norm, 3)
+        self.logit_norm, self.tau, self.reduction, self.norm = logit_norm, float(tau), reduction, norm
         self.num_classes = int(num_classes)
         self.num_label_classes = num_label_classes(self.num_classes)
         self.use_features = use_features
@@ -148,21 +178,29 @@ class PrototypeAlignmentLoss(nn.Module):
         if teacher.shape != student.shape:
             raise ValueError(f"Teacher {tuple(teacher.shape)} vs student {tuple(student.shape)}.")
         teacher = teacher.to(student.dtype)
+        if not self.use_features:
+            student = normalise_logits(student, self.logit_norm, self.tau)
+            teacher = normalise_logits(teacher, self.logit_norm, self.tau)
         label = resize_label(label, student.shape[2:])
         n = self.num_label_classes
         valid = (label >= 0) & (label < n)
         onehot = F.one_hot(label.clamp(0, n - 1), n).movedim(-1, 1).to(student.dtype)
         onehot = onehot * valid.unsqueeze(1).to(student.dtype)
         present = onehot.flatten(2).sum(-1) > 0  # (B,N)
-        dist = (self.prototypes(teacher, onehot) - self.prototypes(student, onehot)).pow(2).sum(-1)  # (B,N)
+        diff = self.prototypes(teacher, onehot) - self.prototypes(student, onehot)  # (B,N,C)
+        dist = (diff.abs() if self.norm == "l1" else diff.pow(2)).sum(-1)  # (B,N)
         weighted = self.class_weights.to(student.dtype)[None] * dist * present.to(student.dtype)
+        if self.reduction == "released":
+            return weighted.sum() / diff.numel()
         return weighted.sum() / present.sum().clamp_min(1).to(student.dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
 # stage 2: knowledge assimilation
 # ----------------------------------------------------------------------------------------------------------------------
-def reverse_feature_constraint(x: torch.Tensor, logits: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+def reverse_feature_constraint(
+    x: torch.Tensor, logits: torch.Tensor, eps: float = 1e-6, logit_norm: str = "none", tau: float = 1.0
+) -> torch.Tensor:
     """Reverse feature constraint L_rfc, IAD stage 2 (METHODS.md §4, KAS).
 
     Paper:  L_rfc = (1/B)·Σ_b ||X^b − O_s^b||²
@@ -175,32 +213,40 @@ def reverse_feature_constraint(x: torch.Tensor, logits: torch.Tensor, eps: float
         x: X, the projected deep feature, same shape as ``logits``.
         logits: O_s, the student logits (B,K,*spatial).
         eps: ε, smoothing of the Dice ratio.
+        logit_norm: normalisation of X and O_s before the MSE (:func:`~common.losses.functional.normalise_logits`);
+            the Dice part uses the raw maps.
+        tau: τ of that normalisation.
     """
     if x.shape != logits.shape:
         raise ValueError(f"X {tuple(x.shape)} vs logits {tuple(logits.shape)}.")
-    mse = F.mse_loss(x, logits)
+    mse = F.mse_loss(normalise_logits(x, logit_norm, tau), normalise_logits(logits, logit_norm, tau))
     px, ps = class_probabilities(x).flatten(2), class_probabilities(logits).flatten(2)
     dice = (2.0 * (px * ps).sum(-1) + eps) / (px.sum(-1) + ps.sum(-1) + eps)
     return mse + 1.0 - dice.mean()
 
 
 def contrastive_semantic_loss(
-    logits: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, temperature: float = 1.0
+    logits: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor, temperature: float = 1.0, per: str = "sample"
 ) -> torch.Tensor:
     """Contrastive semantic self-optimisation L_css, IAD stage 2 (METHODS.md §4, KAS).
 
     L_css = mean_b −log( e^{sim(O_s,F₊)/t} / (e^{sim(O_s,F₊)/t} + e^{sim(O_s,F₋)/t}) ),
     sim(a, b) = cosine similarity of the flattened (K·H·W) maps of one sample; computed as a log-sum-exp.
+    ``per="batch"`` (the released code): one cosine over the whole flattened batch tensor, B = 1 in the formula.
 
     Args:
         logits: O_s (B,K,*spatial).
         positive: F₊ (same shape).
         negative: F₋ (same shape).
         temperature: t.
+        per: ``sample`` or ``batch``.
     """
-    o = logits.flatten(1)
-    sim_pos = F.cosine_similarity(o, positive.flatten(1), dim=1) / temperature
-    sim_neg = F.cosine_similarity(o, negative.flatten(1), dim=1) / temperature
+    if per not in ("sample", "batch"):
+        raise ValueError(f"per must be 'sample' or 'batch', got '{per}'.")
+    flat = (lambda t: t.flatten(1)) if per == "sample" else (lambda t: t.reshape(1, -1))  # noqa: E731
+    o = flat(logits)
+    sim_pos = F.cosine_similarity(o, flat(positive), dim=1) / temperature
+    sim_neg = F.cosine_similarity(o, flat(negative), dim=1) / temperature
     return (torch.logsumexp(torch.stack([sim_pos, sim_neg], dim=1), dim=1) - sim_pos).mean()
 
 
@@ -222,6 +268,9 @@ class KnowledgeAssimilationLoss(nn.Module):
         temperature: t of L_css.
         eps: ε of the Dice term in L_rfc.
         spatial_dims: 2 or 3.
+        logit_norm: normalisation of X and O_s in L_rfc's MSE (``none`` as the paper; ``auto`` in the bundle).
+        tau: τ of that normalisation.
+        css: ``per_sample`` (paper) or ``batch`` (released code: one cosine over the batch tensor).
 
     Returns from ``forward(student_logits, deep_feature)``: ``{"rfc": L_rfc, "css": L_css}``.
     """
@@ -233,8 +282,15 @@ class KnowledgeAssimilationLoss(nn.Module):
         temperature: float = 1.0,
         eps: float = 1e-6,
         spatial_dims: int = 2,
+        logit_norm: str = "none",
+        tau: float = 1.0,
+        css: str = "per_sample",
     ) -> None:
         super().__init__()
+        if css not in ("per_sample", "batch"):
+            raise ValueError(f"css must be 'per_sample' or 'batch', got '{css}'.")
+        resolve_logit_norm(logit_norm, 3)
+        self.logit_norm, self.tau, self.css = logit_norm, float(tau), css
         conv = {2: nn.Conv2d, 3: nn.Conv3d}[spatial_dims]
         self.project = conv(feature_channels, num_classes, kernel_size=1)
         self.negative = conv(num_classes, num_classes, kernel_size=3, padding=1)
@@ -243,7 +299,8 @@ class KnowledgeAssimilationLoss(nn.Module):
 
     def forward(self, student_logits: torch.Tensor, deep_feature: torch.Tensor) -> dict[str, torch.Tensor]:
         x = resize_spatial(self.project(deep_feature), student_logits.shape[2:])
-        rfc = reverse_feature_constraint(x, student_logits, self.eps)
+        rfc = reverse_feature_constraint(x, student_logits, self.eps, self.logit_norm, self.tau)
         negative = self.negative((1.0 - class_probabilities(x)) + (1.0 - class_probabilities(student_logits)))
-        css = contrastive_semantic_loss(student_logits, x, negative, self.temperature)
+        per = "sample" if self.css == "per_sample" else "batch"
+        css = contrastive_semantic_loss(student_logits, x, negative, self.temperature, per)
         return {"rfc": rfc, "css": css}

@@ -1,14 +1,31 @@
 #!/usr/bin/env python
-"""The iad_student comparison table: student-only, KD, IAD (KIS only), IAD (full), ... and the teacher.
+"""The IAD comparison on any dataset folder: the student alone, KD, KD + KAS, IAD (KIS only), IAD and the teacher,
+for each label budget and seed, with paired-bootstrap confidence intervals (METHODS.md §8).
 
-Each (row, seed) is one ``monai.bundle`` run of the bundle's own configs (train.json + the row's variant, then
-evaluate.json) in ``OUT/<row>/seed<k>``, run as jobs (``scripts/jobs.py``): a finished training (its marker
-``train_time.json``, which holds its wall time) or evaluation (``eval/metrics_summary.json``) is skipped, so an
-interrupted table resumes. All runs share one teacher cache. The table (Markdown, CSV, JSON) gives per-class Dice
-and HD95 on the test split as mean ± std over seeds, the training time of each row, and parameters and CPU latency of
-student and teacher.
+For each label budget N (``--budgets 8 32 all``: N labelled training subjects) the table
 
-    python scripts/iad_table.py --teacher_root runs/teacher_lora --out runs/iad_table
+1. trains a teacher_lora teacher on those N subjects into ``OUT/budget_<N>/teacher`` and evaluates it on the test
+   split (``train.json`` + ``evaluate.json``);
+2. trains every row and seed into ``OUT/budget_<N>/<row>/seed<k>`` from the same N subjects (``--label_budget N``,
+   drawn with ``--budget_seed``); the rows that learn from the teacher also take the other training subjects'
+   images as unlabelled data, labelled by that teacher (``--unlabelled rest``), and distil from it; then evaluates
+   each on the test split (``train.json`` + the row's configs + ``evaluate.json``).
+
+With ``--teacher_root`` (a teacher already trained on every label, as ``run_pipeline.py`` trains it) there is no
+budget axis: the teacher is only evaluated, into ``OUT/teacher``, and the runs are in ``OUT/<row>/seed<k>``.
+
+Every training and evaluation is a job of ``scripts/jobs.py`` (a training is done when its marker
+``train_time.json``, which holds its wall time, exists; an evaluation when ``eval/metrics_summary.json`` does), so an
+interrupted table resumes; ``--parallel 2`` runs two at a time; ``--plan`` prints the jobs and runs nothing. Sizes
+(epochs, image sizes, seeds, budgets, rows) come from ``--profile`` (``budget``: 2 CPU cores; ``gpu``) unless given.
+
+The table (``OUT/table.md``, ``.csv``, ``.json``; also printed) has one block per budget; per row: mean Dice over
+the test subjects with its 95% CI, per-class Dice, the paired difference to the student alone with its CI and
+verdict, mean HD95 with its CI, seeds and subjects, parameters and CPU latency, training time (``common.stats``:
+seeds averaged inside a subject, subjects resampled with the pairing between rows kept).
+
+    python scripts/iad_table.py --dataset_dir data/hc18 --out runs/iad_hc18 --profile budget --parallel 2
+    python scripts/iad_table.py --dataset_dir data/hc18 --out runs/iad_hc18 --row_overrides kd:temperature=1 --plan
 """
 
 from __future__ import annotations
@@ -18,82 +35,260 @@ import csv
 import json
 import math
 import os
+import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common.stats import paired_bootstrap, subject_scores  # noqa: E402
 from scripts import jobs  # noqa: E402
-from scripts.bundle_runs import SUMMARY, bundle_cmd  # noqa: E402
-from scripts.bundle_runs import mean_std as _ms  # noqa: E402
-from scripts.bundle_runs import train_and_evaluate, train_seconds
+from scripts.bundle_runs import (  # noqa: E402
+    SUMMARY,
+    bundle_cmd,
+    mean_std,
+    parse_overrides,
+    train_and_evaluate,
+    train_seconds,
+)
 
 CONFIGS = REPO / "bundles" / "iad_student" / "configs"
 TEACHER_CONFIGS = REPO / "bundles" / "teacher_lora" / "configs"
-# row name -> (label in the table, variant configs merged after train.json)
+PER_CASE = Path("eval") / "metrics_per_case.csv"  # in a run's bundle_root: written by evaluate.json
+
+
+class Row(NamedTuple):
+    """A row of the table: its label, the variant configs merged after ``train.json``, whether it learns from the
+    teacher (it then needs the teacher of its budget and sees the unlabelled images)."""
+
+    label: str
+    variants: list[str]
+    distils: bool
+
+
 ROWS = {
-    "student_only": ("Student only", ["student_only.json"]),
-    "kd": ("KD (Hinton)", ["kd.json"]),
-    "at": ("AT", ["at.json"]),
-    "cwd": ("CWD", ["cwd.json"]),
-    "dist": ("DIST", ["dist.json"]),
-    "kis_only": ("IAD (KIS only)", ["kis_only.json"]),
-    "kas_only": ("IAD (KAS only)", ["kas_only.json"]),
-    "iad": ("IAD (KIS → KAS)", []),
-    "kd_kas": ("KD → KAS", ["kd_kas.json"]),
+    "student_only": Row("Student only", ["student_only.json"], False),
+    "kd": Row("KD (Hinton)", ["kd.json"], True),
+    "kd_kas": Row("KD + KAS", ["kd_kas.json"], True),
+    "kis_only": Row("IAD (KIS only)", ["kis_only.json"], True),
+    "iad": Row("IAD (KIS → KAS)", [], True),
+    "at": Row("AT", ["at.json"], True),
+    "cwd": Row("CWD", ["cwd.json"], True),
+    "dist": Row("DIST", ["dist.json"], True),
+    "kas_only": Row("IAD (KAS only)", ["kas_only.json"], False),
 }
+BASELINE = "student_only"  # every other row's paired difference is to this one
+TEACHER_NAMES = {"litemedsam": "LiteMedSAM", "vit_b": "SAM ViT-B", "vit_l": "SAM ViT-L", "vit_h": "SAM ViT-H"}
+DEFAULT_ROWS = ["student_only", "kd", "kd_kas", "kis_only", "iad"]
+
+# The sizes an option left unset takes: the profile's, else DEFAULTS (None: the bundle's own default, not passed).
+DEFAULTS: dict[str, object] = {
+    "epochs": 30,
+    "kis_epochs": 20,
+    "image_size": None,
+    "teacher_image_size": 128,
+    "teacher_epochs": None,
+    "seeds": [0, 1, 2],
+    "budgets": ["8", "32", "all"],
+    "rows": DEFAULT_ROWS,
+}
+# PLACEHOLDERS, not measured: the lead sizes them after timing one run of each kind
+# ("budget": the whole table in <= 2 h on 2 CPU cores; "gpu": one GPU).
+PROFILES: dict[str, dict[str, object]] = {
+    "budget": {
+        "epochs": 10,  # PLACEHOLDER
+        "kis_epochs": 6,  # PLACEHOLDER
+        "image_size": 96,  # PLACEHOLDER
+        "teacher_image_size": 128,  # PLACEHOLDER
+        "teacher_epochs": 10,  # PLACEHOLDER
+        "seeds": [0, 1, 2],
+        "budgets": ["8", "all"],  # PLACEHOLDER
+        "rows": DEFAULT_ROWS,
+    },
+    "gpu": {
+        "epochs": 100,  # PLACEHOLDER
+        "kis_epochs": 60,  # PLACEHOLDER
+        "image_size": 256,  # PLACEHOLDER
+        "teacher_image_size": 256,  # PLACEHOLDER
+        "teacher_epochs": 100,  # PLACEHOLDER
+        "seeds": [0, 1, 2, 3, 4],  # PLACEHOLDER
+        "budgets": ["8", "32", "all"],  # PLACEHOLDER
+        "rows": DEFAULT_ROWS,
+    },
+}
+
+
+@dataclass(frozen=True)
+class Block:
+    """The runs of one label budget: ``budget`` labelled training subjects (or ``all``), in ``root``; with a given
+    teacher (``--teacher_root``) the teacher is evaluated, not trained."""
+
+    budget: str
+    root: Path
+    given_teacher: bool = False
+
+    @property
+    def prefix(self) -> str:
+        """Prefix of its job keys."""
+        return "" if self.given_teacher else f"budget_{self.budget}/"
+
+    @property
+    def teacher_root(self) -> Path:
+        return self.root / "teacher"
+
+    def run_root(self, row: str, seed: int) -> Path:
+        return self.root / row / f"seed{seed}"
+
+
+def blocks(args: argparse.Namespace) -> list[Block]:
+    """One block per budget in ``OUT/budget_<N>``; one block in ``OUT`` itself with a given teacher."""
+    out = Path(args.out)
+    if args.teacher_root:
+        return [Block("all", out, True)]
+    return [Block(b, out / f"budget_{b}") for b in args.budgets]
 
 
 def _seeds(row: str, args: argparse.Namespace) -> list[int]:
     return args.seeds[:1] if row in args.single_seed_rows else args.seeds
 
 
-def plan(args: argparse.Namespace) -> list[jobs.Job]:
-    """Training and evaluation of every (row, seed) in ``OUT/<row>/seed<k>``, then the teacher's evaluation."""
-    out, todo = Path(args.out), []
-    for row in args.rows:
-        configs = [CONFIGS / "train.json", *(CONFIGS / v for v in ROWS[row][1])]
-        evaluate = configs + [CONFIGS / "evaluate.json"]
-        for seed in _seeds(row, args):
-            root = out / row / f"seed{seed}"
-            overrides = {"bundle_root": str(root), "dataset_dir": args.dataset_dir, "seed": seed}
-            overrides.update({"epochs": args.epochs, "kis_epochs": args.kis_epochs, "num_workers": 0})
-            overrides.update({"teacher_ckpt": args.teacher_ckpt, "teacher_adapter": args.teacher_adapter})
-            overrides["teacher_cache_dir"] = str(out / "teacher_cache")
-            overrides["teacher_image_size"] = args.teacher_image_size
-            todo += train_and_evaluate(f"{row}/seed{seed}", root, configs, overrides, evaluate)
-    if not args.no_teacher_row:
-        teacher = out / "teacher"
+def _budget_overrides(budget: str, args: argparse.Namespace) -> dict[str, object]:
+    """The label budget of a run: ``label_budget`` (``$None``, every label, for ``all``: a bare ``null`` on the
+    command line would reach the config as the string 'null') and ``budget_seed``, the draw of the subjects."""
+    return {"label_budget": "$None" if budget == "all" else int(budget), "budget_seed": args.budget_seed}
+
+
+def _sized(overrides: dict[str, object]) -> dict[str, object]:
+    """The overrides without those left at the bundle's default (None)."""
+    return {k: v for k, v in overrides.items() if v is not None}
+
+
+def teacher_jobs(block: Block, args: argparse.Namespace) -> list[jobs.Job]:
+    """A trained teacher's training (key ``budget_<N>/teacher``) and evaluation; a given teacher's evaluation."""
+    if block.given_teacher:
+        if args.no_teacher_row:
+            return []
+        out = block.teacher_root
         cmd = bundle_cmd([TEACHER_CONFIGS / "train.json", TEACHER_CONFIGS / "evaluate.json"])
-        cmd += ["--bundle_root", args.teacher_root, "--output_dir", str(teacher), "--dataset_dir", args.dataset_dir]
+        cmd += ["--bundle_root", args.teacher_root, "--output_dir", str(out), "--dataset_dir", args.dataset_dir]
         cmd += ["--teacher_arch", args.teacher_arch, "--image_size", str(args.teacher_image_size), "--num_workers", "0"]
-        todo.append(jobs.Job("teacher", "evaluate the teacher", cmd, [teacher / "metrics_summary.json"],
-                             log=teacher / "evaluate.log"))  # fmt: skip
+        return [
+            jobs.Job("teacher", "evaluate the teacher", cmd, [out / "metrics_summary.json"], log=out / "evaluate.log")
+        ]
+    overrides = {"bundle_root": str(block.teacher_root), "dataset_dir": args.dataset_dir, "seed": args.seeds[0]}
+    overrides.update({"teacher_arch": args.teacher_arch, "teacher_ckpt": args.teacher_ckpt, "num_workers": 0})
+    overrides.update({"image_size": args.teacher_image_size, "epochs": args.teacher_epochs})
+    overrides.update(_budget_overrides(block.budget, args))
+    overrides = _sized({**overrides, **args.row_overrides.get("teacher", {})})
+    train = [TEACHER_CONFIGS / "train.json"]
+    evaluate = None if args.no_teacher_row else train + [TEACHER_CONFIGS / "evaluate.json"]
+    return train_and_evaluate(f"{block.prefix}teacher", block.teacher_root, train, overrides, evaluate)
+
+
+def student_overrides(block: Block, row: str, seed: int, args: argparse.Namespace) -> dict[str, object]:
+    """The bundle overrides of one student run: sizes, the teacher of its block, its label budget, then the
+    ``students`` and the row's own ``--row_overrides``."""
+    adapter = args.teacher_adapter if block.given_teacher else str(block.teacher_root / "models" / "adapter.pt")
+    overrides = {"bundle_root": str(block.run_root(row, seed)), "dataset_dir": args.dataset_dir, "seed": seed}
+    overrides.update({"epochs": args.epochs, "kis_epochs": args.kis_epochs, "image_size": args.image_size})
+    overrides.update({"num_workers": 0, "teacher_arch": args.teacher_arch, "teacher_ckpt": args.teacher_ckpt})
+    overrides.update({"teacher_adapter": adapter, "teacher_image_size": args.teacher_image_size})
+    overrides["teacher_cache_dir"] = str(Path(args.out) / "teacher_cache")  # entries are keyed by the teacher
+    overrides.update(_budget_overrides(block.budget, args))
+    # the other training subjects' images, labelled by the teacher, for a row that learns from it under a budget
+    overrides["unlabelled"] = "rest" if ROWS[row].distils and block.budget != "all" else "none"
+    overrides.update(args.row_overrides.get("students", {}))
+    overrides.update(args.row_overrides.get(row, {}))
+    return _sized(overrides)
+
+
+def plan(args: argparse.Namespace) -> list[jobs.Job]:
+    """Per block: the teacher's jobs, then training and evaluation of every (row, seed); a row that learns from the
+    teacher ``needs`` the training of its block's teacher."""
+    todo: list[jobs.Job] = []
+    for block in blocks(args):
+        todo += teacher_jobs(block, args)
+        for row in args.rows:
+            configs = [CONFIGS / "train.json", *(CONFIGS / v for v in ROWS[row].variants)]
+            evaluate = configs + [CONFIGS / "evaluate.json"]
+            needs = (f"{block.prefix}teacher",) if ROWS[row].distils and not block.given_teacher else ()
+            for seed in _seeds(row, args):
+                overrides = student_overrides(block, row, seed, args)
+                key = f"{block.prefix}{row}/seed{seed}"
+                todo += train_and_evaluate(key, block.run_root(row, seed), configs, overrides, evaluate, needs=needs)
     return todo
 
 
-def collect(args: argparse.Namespace) -> dict[str, list[dict]]:
-    """row -> the finished runs' test summaries and training seconds over seeds (the teacher's: ``--teacher_time``)."""
-    out, results = Path(args.out), {}
-    for row in args.rows:
-        for seed in _seeds(row, args):
-            root = out / row / f"seed{seed}"
-            if not (root / SUMMARY).is_file():
-                print(f"[miss] {row} seed {seed}: not finished, left out", flush=True)
-                continue
-            entry = {"summary": json.loads((root / SUMMARY).read_text()), "train_seconds": train_seconds(root)}
-            results.setdefault(row, []).append(entry)
-    summary = out / "teacher" / "metrics_summary.json"
-    if not args.no_teacher_row and summary.is_file():
-        seconds = jobs.wall_seconds(Path(args.teacher_time))
-        entry = {"summary": json.loads(summary.read_text()), "train_seconds": math.nan if seconds is None else seconds}
-        results["teacher"] = [entry]
+def _teacher_files(block: Block, args: argparse.Namespace) -> tuple[Path, Path, Path]:
+    """The teacher's summary, per-case metrics and training marker."""
+    if block.given_teacher:
+        out = block.teacher_root
+        return out / "metrics_summary.json", out / "metrics_per_case.csv", Path(args.teacher_time)
+    root = block.teacher_root
+    return root / SUMMARY, root / PER_CASE, root / "train_time.json"
+
+
+def collect(args: argparse.Namespace) -> dict[str, dict[str, list[dict]]]:
+    """budget -> row (and ``teacher``) -> its finished runs: seed, test summary, per-case metrics file and training
+    seconds (NaN when unknown). A run without its evaluation is left out, with a line saying so."""
+    results: dict[str, dict[str, list[dict]]] = {}
+    for block in blocks(args):
+        found: dict[str, list[dict]] = {}
+        for row in args.rows:
+            for seed in _seeds(row, args):
+                root = block.run_root(row, seed)
+                if not (root / SUMMARY).is_file() or not (root / PER_CASE).is_file():
+                    print(f"[miss] {block.prefix}{row} seed {seed}: not finished, left out", flush=True)
+                    continue
+                summary = json.loads((root / SUMMARY).read_text())
+                entry = {"seed": seed, "summary": summary, "per_case": str(root / PER_CASE)}
+                found.setdefault(row, []).append({**entry, "train_seconds": train_seconds(root)})
+        summary, per_case, marker = _teacher_files(block, args)
+        if not args.no_teacher_row and summary.is_file() and per_case.is_file():
+            seconds = jobs.wall_seconds(marker)
+            entry = {"seed": args.seeds[0], "summary": json.loads(summary.read_text()), "per_case": str(per_case)}
+            found["teacher"] = [{**entry, "train_seconds": math.nan if seconds is None else seconds}]
+        if found:
+            results[block.budget] = found
     return results
 
 
-def size_and_latency(args: argparse.Namespace) -> dict:
-    """Parameters and median CPU latency (batch 1, 20 runs after 3 warm-ups) of student and teacher."""
+def _bootstrap(scores: dict, args: argparse.Namespace, higher_is_better: bool = True) -> dict[str, dict | None]:
+    """:func:`common.stats.paired_bootstrap` against the student alone (when it ran); None for every method when no
+    subject was scored by all (e.g. a class absent from every test subject)."""
+    baseline = BASELINE if BASELINE in scores else None
+    try:
+        return paired_bootstrap(scores, baseline, args.n_boot, args.bootstrap_seed, 0.95, higher_is_better)
+    except ValueError as err:
+        print(f"[note] no interval: {err}", flush=True)
+        return {m: None for m in scores}
+
+
+def block_statistics(
+    runs: dict[str, list[dict]], classes: list[str], args: argparse.Namespace, regions: list[str] = ()
+) -> dict[str, dict]:
+    """Row -> ``dice`` and ``hd95`` (over ``classes``) and ``class_dice`` (per class and per region), each the
+    paired bootstrap of the row's subject scores (seeds averaged inside a subject) against the student alone."""
+
+    def scores(metric: str, names: list[str]) -> dict:
+        return {m: {r["seed"]: subject_scores(r["per_case"], metric, names) for r in rs} for m, rs in runs.items()}
+
+    dice = _bootstrap(scores("dice", classes), args)
+    hd95 = _bootstrap(scores("hd95", classes), args, higher_is_better=False)
+    per_class = {c: _bootstrap(scores("dice", [c]), args) for c in [*classes, *regions]}
+    return {m: {"dice": dice[m], "hd95": hd95[m], "class_dice": {c: v[m] for c, v in per_class.items()}} for m in runs}
+
+
+def _bundle_default(key: str) -> object:
+    return json.loads((CONFIGS / "train.json").read_text())[key]
+
+
+def size_and_latency(args: argparse.Namespace, num_classes: int, in_channels: int) -> dict:
+    """Parameters and median CPU latency (batch 1, 20 runs after 3 warm-ups) of the student and the teacher (LoRA
+    merged) on one ``image_size`` slice of the dataset's channels (the teacher resizes it to its input size)."""
     import torch
 
     from common.networks.sam_teacher import build_teacher
@@ -101,79 +296,250 @@ def size_and_latency(args: argparse.Namespace) -> dict:
     from common.profiling import count_parameters, latency
 
     torch.set_num_threads(args.threads)
-    nets = {
-        "student": (EfficientUNetStudent(3).eval(), 128),
-        "teacher": (build_teacher(args.teacher_arch, image_size=args.teacher_image_size, lora_rank=0).eval(), 128),
-    }
+    size = int(args.image_size or _bundle_default("image_size"))
+    student = EfficientUNetStudent(num_classes, in_channels)
+    teacher = build_teacher(
+        args.teacher_arch,
+        image_size=args.teacher_image_size,
+        num_classes=num_classes,
+        lora_rank=0,
+        in_channels=in_channels,
+    )
+    x = torch.rand(1, in_channels, size, size)
     return {
-        name: {"params": count_parameters(net), "latency_ms": 1000 * latency(net, torch.rand(1, 1, size, size))}
-        for name, (net, size) in nets.items()
+        name: {"params": count_parameters(net), "latency_ms": 1000 * latency(net.eval(), x), "input_size": size}
+        for name, net in (("student", student), ("teacher", teacher))
     }
 
 
-def write_table(results: dict[str, list[dict]], sizes: dict, args: argparse.Namespace) -> str:
-    classes = ["liver", "tumour"]
-    head = ["method", "seeds"] + [f"Dice {c}" for c in classes] + ["mean Dice"]
-    head += [f"global Dice {c}" for c in classes] + [f"HD95 {c} (mm)" for c in classes] + ["train time (min)"]
-    rows = []
-    for row, runs in results.items():
-        label = "Teacher (LiteMedSAM + LoRA)" if row == "teacher" else ROWS[row][0]
-        s = [r["summary"] for r in runs]
-        cells = [label, str(len(runs))]
-        cells += [_ms([x["classes"][c]["dice_mean"] for x in s], 2, 100) for c in classes]
-        cells += [_ms([x["mean_dice"] for x in s], 2, 100)]
-        cells += [_ms([x["classes"][c]["global_dice"] for x in s], 2, 100) for c in classes]
-        cells += [_ms([x["classes"][c]["hd95_mean"] for x in s], 2) for c in classes]
-        cells += [_ms([r["train_seconds"] / 60 for r in runs], 1)]
-        rows.append(cells)
-    md = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + ["| " + " | ".join(r) + " |" for r in rows]
-    md += [
-        "",
-        f"Student: EfficientNet-B1 U-Net, {sizes['student']['params'] / 1e6:.2f} M parameters, "
-        f"{sizes['student']['latency_ms']:.1f} ms per 128×128 slice on CPU ({args.threads} threads, batch 1, median).",
-        f"Teacher: {args.teacher_arch}, {sizes['teacher']['params'] / 1e6:.2f} M parameters, "
-        f"{sizes['teacher']['latency_ms']:.1f} ms per 128×128 slice on CPU (input size {args.teacher_image_size}).",
-        "Dice in %, mean ± std over seeds (population std); per-slice Dice/HD95 averaged over the test slices where "
-        "defined; global Dice pools all test slices. Empty masks: " + results[next(iter(results))][0]["summary"]
-        ["empty_mask_convention"] + ".",
-    ]  # fmt: skip
+def _ci(entry: dict | None, scale: float = 1.0, key: str = "mean", signed: bool = False) -> str:
+    """``mean [lo, hi]`` of a bootstrap entry (``difference`` with ``key``), times ``scale``; ``–`` when missing."""
+    if entry is None or entry.get(key) is None:
+        return "–"
+    lo, hi = entry["ci" if key == "mean" else "difference_ci"]
+    f = "{:+.2f}" if signed else "{:.2f}"
+    return f"{f.format(entry[key] * scale)} [{f.format(lo * scale)}, {f.format(hi * scale)}]"
+
+
+def _label(row: str, args: argparse.Namespace) -> str:
+    if row == "teacher":
+        return f"Teacher ({TEACHER_NAMES.get(args.teacher_arch, args.teacher_arch)} + LoRA)"
+    return ROWS[row].label
+
+
+def _heading(block: Block, args: argparse.Namespace) -> str:
+    if block.given_teacher:
+        return f"## Every labelled training subject (teacher trained in {args.teacher_root})"
+    if block.budget == "all":
+        return "## Label budget: every labelled training subject"
+    return (
+        f"## Label budget: {block.budget} labelled training subjects (the rows that learn from the teacher also see "
+        "the other training subjects' images, labelled by the teacher)"
+    )
+
+
+def write_table(
+    results: dict[str, dict[str, list[dict]]],
+    sizes: dict,
+    classes: list[str],
+    args: argparse.Namespace,
+    regions: list[str] = (),
+) -> str:
+    """Write ``table.md`` / ``table.csv`` / ``table.json`` into ``OUT`` (one block per budget; mean Dice and HD95
+    over ``classes``, Dice per class and per region) and return the Markdown."""
+    scored = [*classes, *regions]
+    head = ["method", "seeds", "subjects", "Dice % [95% CI]"] + [f"Dice {c} %" for c in scored]
+    head += ["Δ Dice vs student only [95% CI]", "verdict", "HD95 mm [95% CI]", "params (M)", "CPU latency (ms)"]
+    head += ["train time (min)"]
+    md: list[str] = []
+    records: list[dict] = []
+    statistics: dict[str, dict] = {}
+    by_budget = {b.budget: b for b in blocks(args)}
+    for budget, runs in results.items():
+        ordered = {m: runs[m] for m in [*args.rows, "teacher"] if m in runs}
+        stats = block_statistics(ordered, classes, args, regions)
+        statistics[budget] = stats
+        lines = []
+        for method, method_runs in ordered.items():
+            s, size = stats[method], sizes["teacher" if method == "teacher" else "student"]
+            dice = s["dice"] or {}
+            cells = [_label(method, args), str(len(method_runs)), str(dice.get("subjects", "–")), _ci(s["dice"], 100)]
+            cells += [_ci(s["class_dice"][c], 100) for c in scored]
+            baseline = method == BASELINE or dice.get("difference") is None
+            cells += ["–" if baseline else _ci(s["dice"], 100, "difference", signed=True)]
+            cells += ["–" if baseline else dice["verdict"], _ci(s["hd95"])]
+            cells += [f"{size['params'] / 1e6:.2f}", f"{size['latency_ms']:.1f}"]
+            cells += [mean_std([r["train_seconds"] / 60 for r in method_runs], 1)]
+            lines.append(cells)
+            records.append(_record(budget, method, method_runs, s, size, scored))
+        md += [_heading(by_budget[budget], args), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        md += ["| " + " | ".join(cells) + " |" for cells in lines] + [""]
+    md += [line for note in _notes(results, sizes, classes, args) for line in (note, "")][:-1]
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text("\n".join(md) + "\n")
     with open(out / "table.csv", "w", newline="") as f:
-        csv.writer(f).writerows([head] + rows)
-    (out / "table.json").write_text(json.dumps({"results": results, "sizes": sizes, "args": vars(args)}, indent=1))
+        writer = csv.DictWriter(f, fieldnames=list(records[0]))
+        writer.writeheader()
+        writer.writerows(records)
+    payload = {
+        "blocks": {b: {"statistics": statistics[b], "runs": runs} for b, runs in results.items()},
+        "results": _pipeline_results(results),
+        "sizes": sizes,
+        "classes": classes,
+        "regions": list(regions),
+        "bootstrap": {"resamples": args.n_boot, "seed": args.bootstrap_seed, "ci": 0.95, "baseline": BASELINE},
+        "args": vars(args),
+    }
+    (out / "table.json").write_text(json.dumps(payload, indent=1))
     return "\n".join(md)
 
 
-def main() -> None:
+def _pipeline_results(results: dict[str, dict[str, list[dict]]]) -> dict[str, list[dict]]:
+    """The runs of the block with every label (else the last block), as ``scripts/pipeline_report.py`` reads them."""
+    return results.get("all") or list(results.values())[-1]
+
+
+def _record(budget: str, method: str, runs: list[dict], stats: dict, size: dict, classes: list[str]) -> dict:
+    """One CSV line: the numbers behind a table row (fractions for Dice, mm for HD95, NaN when missing)."""
+
+    def get(entry: dict | None, key: str, i: int | None = None) -> float:
+        value = None if entry is None else entry.get(key)
+        return math.nan if value is None else float(value if i is None else value[i])
+
+    dice, hd95 = stats["dice"], stats["hd95"]
+    record: dict[str, object] = {"budget": budget, "method": method, "seeds": len(runs)}
+    record["subjects"] = dice["subjects"] if dice else 0
+    record.update({"dice": get(dice, "mean"), "dice_lo": get(dice, "ci", 0), "dice_hi": get(dice, "ci", 1)})
+    record.update({f"dice_{c}": get(stats["class_dice"][c], "mean") for c in classes})
+    record.update({"dice_diff": get(dice, "difference"), "dice_diff_lo": get(dice, "difference_ci", 0)})
+    record.update({"dice_diff_hi": get(dice, "difference_ci", 1), "verdict": (dice or {}).get("verdict") or ""})
+    record.update({"hd95": get(hd95, "mean"), "hd95_lo": get(hd95, "ci", 0), "hd95_hi": get(hd95, "ci", 1)})
+    record.update({"hd95_diff": get(hd95, "difference"), "params": size["params"], "latency_ms": size["latency_ms"]})
+    minutes = [r["train_seconds"] / 60 for r in runs if not math.isnan(r["train_seconds"])]
+    record["train_minutes"] = sum(minutes) / len(minutes) if minutes else math.nan
+    return record
+
+
+def _notes(results: dict, sizes: dict, classes: list[str], args: argparse.Namespace) -> list[str]:
+    first = next(iter(next(iter(results.values())).values()))[0]["summary"]
+    convention = first.get("empty_mask_convention")
+    if convention is None:
+        from common.evaluation import EMPTY_MASK_CONVENTION as convention
+    student, teacher = sizes["student"], sizes["teacher"]
+    return [
+        f"Test subjects' scores: each test image's Dice (or HD95) averaged over the classes {', '.join(classes)} "
+        "where defined, then over the subject's images, then over the row's seeds (seeds averaged inside a subject). "
+        "Mean over the subjects that every row of the block scored; 95% CI: percentile bootstrap of "
+        f"{args.n_boot} resamples of those subjects with replacement (seed {args.bootstrap_seed}), the same resample "
+        "for every row (paired). Δ: per subject, the row minus the student only, then the mean, with its paired CI; "
+        "better / worse when that CI excludes 0, else no difference. Per-class Dice: the same over the subjects where "
+        "the class is defined. Dice in %, HD95 in mm (lower is better).",
+        f"Empty masks: {convention}.",
+        f"Student: EfficientNet-B1 U-Net, {student['params'] / 1e6:.2f} M parameters; teacher: "
+        f"{TEACHER_NAMES.get(args.teacher_arch, args.teacher_arch)} with LoRA merged, {teacher['params'] / 1e6:.2f} M "
+        f"parameters (input {args.teacher_image_size} px). Latency: one {student['input_size']}×"
+        f"{student['input_size']} image on CPU, batch 1, {args.threads} thread(s), median of 20 runs after 3 "
+        "warm-ups. Training time: wall time of each run (validation included; the students' teacher-cache fill too), "
+        "mean ± std over seeds.",
+    ]
+
+
+def _budget(value: str) -> str:
+    if value != "all" and not (value.isdigit() and int(value) > 0):
+        raise argparse.ArgumentTypeError(f"a label budget is a number of labelled subjects or 'all', got {value!r}")
+    return value
+
+
+def parse_row_overrides(tokens: list[str]) -> dict[str, dict[str, object]]:
+    """``["kd:temperature=1", "teacher:learning_rate=0.002", "students:batch_size=8"]`` -> {row: {key: value}}
+    (values read as JSON when they parse). ``teacher``: the trained teachers; ``students``: every student run."""
+    out: dict[str, dict[str, object]] = {}
+    for token in tokens:
+        row, colon, setting = token.partition(":")
+        if not colon or "=" not in setting or row not in (*ROWS, "teacher", "students"):
+            raise SystemExit(
+                f"error: --row_overrides takes ROW:KEY=VALUE with ROW one of {[*ROWS, 'teacher', 'students']}, "
+                f"got {token!r}"
+            )
+        out.setdefault(row, {}).update(parse_overrides([f"--{setting}"]))
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The options, with the sizes left unset filled from ``--profile`` and then :data:`DEFAULTS`."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/iad_table")
-    p.add_argument("--dataset_dir", default="data/lits_liver")
+    p.add_argument("--dataset_dir", default="data/lits_liver", help="a dataset folder (datalist.json, dataset.json)")
+    p.add_argument("--profile", choices=list(PROFILES), default=None, help="default sizes (placeholders for now)")
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=None, help=f"default: {DEFAULT_ROWS}")
+    p.add_argument("--row_overrides", nargs="+", default=[], metavar="ROW:KEY=VALUE",
+                   help="bundle overrides of one row's runs (ROW 'teacher': the trained teachers; 'students': every "
+                   "student run), e.g. kd:temperature=1 iad:alpha=0.1")  # fmt: skip
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2")
+    p.add_argument("--single_seed_rows", nargs="*", default=[], help="rows run with the first seed only")
+    p.add_argument("--budgets", nargs="+", type=_budget, default=None, help="labelled training subjects per block, "
+                   "or 'all' (default: 8 32 all)")  # fmt: skip
+    p.add_argument("--budget_seed", type=int, default=0, help="seed of the draw of the labelled subjects")
+    p.add_argument("--epochs", type=int, default=None)
+    p.add_argument("--kis_epochs", type=int, default=None)
+    p.add_argument("--image_size", type=int, default=None, help="the student's input size (default: the bundle's)")
     p.add_argument("--teacher_arch", default="litemedsam")
-    p.add_argument("--teacher_ckpt", default="data/weights/lite_medsam.pth")
-    p.add_argument("--teacher_image_size", type=int, default=128, help="the input size the teacher was tuned at")
-    p.add_argument("--teacher_root", default="runs/teacher_lora", help="bundle_root of the trained teacher_lora")
-    p.add_argument("--teacher_adapter", default=None, help="default: TEACHER_ROOT/models/adapter.pt")
-    p.add_argument("--teacher_time", default=None, help="the teacher's training marker, read for its training time "
-                   "(default: TEACHER_ROOT/train_time.json)")  # fmt: skip
-    p.add_argument("--rows", nargs="+", default=["student_only", "kd", "kis_only", "iad"], choices=list(ROWS))
-    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    p.add_argument("--single_seed_rows", nargs="*", default=["kis_only"], help="rows run with the first seed only")
-    p.add_argument("--epochs", type=int, default=30)
-    p.add_argument("--kis_epochs", type=int, default=20)
-    p.add_argument("--threads", type=int, default=2, help="torch CPU threads per run")
-    p.add_argument("--no_teacher_row", action="store_true")
+    p.add_argument("--teacher_ckpt", default="data/weights/lite_medsam.pth", help="the teacher's base weights")
+    p.add_argument("--teacher_image_size", type=int, default=None, help="the teacher's input size")
+    p.add_argument("--teacher_epochs", type=int, default=None, help="default: the teacher bundle's")
+    p.add_argument("--teacher_root", default=None, help="bundle_root of a teacher_lora trained on every label: "
+                   "evaluate it instead of training one per budget (no budget axis)")  # fmt: skip
+    p.add_argument(
+        "--teacher_adapter", default=None, help="with --teacher_root (default: TEACHER_ROOT/models/adapter.pt)"
+    )
+    p.add_argument("--teacher_time", default=None, help="with --teacher_root: its training marker, read for its "
+                   "training time (default: TEACHER_ROOT/train_time.json)")  # fmt: skip
+    p.add_argument("--no_teacher_row", action="store_true", help="do not evaluate the teacher")
+    p.add_argument("--n_boot", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--bootstrap_seed", type=int, default=0)
+    p.add_argument("--parallel", type=int, default=1, help="runs at a time")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per run and of the timing "
+                   "(default: the cores / --parallel)")  # fmt: skip
+    p.add_argument("--plan", action="store_true", help="print the jobs (done or not) and run nothing")
     p.add_argument("--report_only", action="store_true", help="write the table from finished runs; train nothing")
-    args = p.parse_args()
-    args.teacher_adapter = args.teacher_adapter or str(Path(args.teacher_root) / "models" / "adapter.pt")
-    args.teacher_time = args.teacher_time or str(Path(args.teacher_root) / "train_time.json")
+    args = p.parse_args(argv)
+    if args.teacher_root:
+        if args.budgets not in (None, ["all"]):
+            p.error("--teacher_root gives a teacher trained on every label: drop it to train one per --budgets")
+        args.budgets = ["all"]
+        args.teacher_adapter = args.teacher_adapter or str(Path(args.teacher_root) / "models" / "adapter.pt")
+        args.teacher_time = args.teacher_time or str(Path(args.teacher_root) / "train_time.json")
+    profile = PROFILES.get(args.profile, {})
+    for key, default in DEFAULTS.items():
+        if getattr(args, key) is None:
+            value = profile.get(key, default)
+            setattr(args, key, list(value) if isinstance(value, list) else value)
+    args.row_overrides = parse_row_overrides(args.row_overrides)
+    args.threads = args.threads or jobs.threads_per_job(args.parallel, {})
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    todo = plan(args)
+    if args.plan:
+        for job in todo:
+            state = "done" if job.done else "todo"
+            needs = f"  (after {', '.join(job.needs)})" if job.needs else ""
+            print(f"[{state}] {job.key}{needs}\n    {shlex.join(job.cmd)}")
+        return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     if not args.report_only:
-        jobs.run(plan(args), env)
+        jobs.run(todo, env, args.parallel)
+    from common.data.dataset_info import load_dataset_info
+
+    info = load_dataset_info(args.dataset_dir)
     results = collect(args)
     if not results:
         sys.exit("error: no finished run to report")
-    print(write_table(results, size_and_latency(args), args))
+    sizes = size_and_latency(args, info.num_classes, info.in_channels)
+    print(write_table(results, sizes, info.class_names, args, list(info.regions)))
     print(f"\nwritten: {Path(args.out) / 'table.md'} (and .csv, .json)")
 
 

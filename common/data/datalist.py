@@ -19,7 +19,16 @@ from monai.transforms import LoadImage
 from common.data.dataset_info import require_dataset_dir
 from common.errors import DataError
 
-__all__ = ["DataError", "load_datalist", "load_images", "check_items", "fold_split", "inference_items"]
+__all__ = [
+    "DataError",
+    "load_datalist",
+    "load_images",
+    "check_items",
+    "fold_split",
+    "inference_items",
+    "subject_budget",
+    "training_items",
+]
 
 
 def load_datalist(
@@ -234,3 +243,56 @@ def inference_items(
                 f"--image '{path}' not found: give an image file, a DICOM folder or a list of channel files."
             )
     return [{"image": image if isinstance(image, str) else [str(p) for p in image]}]
+
+
+def subject_budget(items: list[dict], budget: int, seed: int = 0) -> tuple[list[dict], list[dict]]:
+    """Split ``items`` into the items of ``budget`` labelled subjects and the rest (METHODS.md §8: label budgets count
+    labelled training subjects). Subjects are drawn in a seeded random order, so budgets are nested (the 8 subjects of
+    budget 8 are among the 32 of budget 32) and every method of a table sees the same ones. Items without a
+    ``subject`` are their own subject."""
+    subjects = sorted({str(item.get("subject", item["image"])) for item in items})
+    if not 1 <= int(budget) <= len(subjects):
+        raise DataError(f"label_budget must be between 1 and the {len(subjects)} training subjects, got {budget}.")
+    order = [subjects[i] for i in np.random.default_rng(int(seed)).permutation(len(subjects))]
+    chosen = set(order[: int(budget)])
+    labelled = [item for item in items if str(item.get("subject", item["image"])) in chosen]
+    return labelled, [item for item in items if str(item.get("subject", item["image"])) not in chosen]
+
+
+def training_items(
+    dataset_dir: str | Path,
+    num_classes: int | None = None,
+    dim: int | None = None,
+    in_channels: int | None = None,
+    label_budget: int | None = None,
+    budget_seed: int = 0,
+    unlabelled: str = "none",
+    unlabelled_dirs: Sequence[str | Path] = (),
+    labelled_fraction: float = 0.5,
+    fold: int | None = None,
+) -> list[dict]:
+    """The training items of a student or teacher: the labelled items of ``label_budget`` subjects (None: all; see
+    :func:`subject_budget`) and, for distillation with unlabelled images, images without labels (``{"image"}``):
+    ``unlabelled="rest"`` adds the other training subjects' images, ``unlabelled_dirs`` the training images of other
+    folders (a transfer set, real unlabelled scans). With unlabelled images, the labelled items are repeated so that
+    they make about ``labelled_fraction`` of the list (each batch then holds labelled images for L_gt); the teacher's
+    prediction stands in for the label of an unlabelled image (:class:`common.data.transforms.PseudoLabeld`)."""
+    if unlabelled not in ("none", "rest"):
+        raise DataError(f"unlabelled must be 'none' or 'rest', got '{unlabelled}'.")
+    items = load_datalist(dataset_dir, "training", num_classes, dim=dim, in_channels=in_channels, fold=fold)
+    labelled, rest = (items, []) if label_budget is None else subject_budget(items, label_budget, budget_seed)
+    extra = (
+        [{"image": item["image"], "subject": str(item.get("subject", ""))} for item in rest]
+        if unlabelled == "rest"
+        else []
+    )
+    if unlabelled_dirs:
+        extra += [{**item, "subject": "unlabelled"} for item in load_images(list(unlabelled_dirs), check=False)]
+    if not extra:
+        return labelled
+    # one key set, so that labelled and unlabelled items collate into one batch
+    labelled = [{"image": i["image"], "label": i["label"], "subject": str(i.get("subject", ""))} for i in labelled]
+    if not 0 < labelled_fraction < 1:
+        raise DataError(f"labelled_fraction must be in (0, 1), got {labelled_fraction}.")
+    repeats = max(1, round(labelled_fraction * len(extra) / ((1 - labelled_fraction) * len(labelled))))
+    return labelled * repeats + extra

@@ -13,7 +13,7 @@ from monai.transforms import Activationsd, AsDiscreted, Compose, MapTransform, S
 from common.data.dataset_info import check_normalisation
 from common.errors import DataError
 
-__all__ = ["discretize", "NormaliseIntensityd", "ResampleToSpacingd", "SavePredictiond", "source_name"]
+__all__ = ["discretize", "NormaliseIntensityd", "PseudoLabeld", "ResampleToSpacingd", "SavePredictiond", "source_name"]
 
 # 2D image files written back in their own format; anything else (NIfTI, DICOM folders, ...) is written as NIfTI.
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
@@ -148,3 +148,32 @@ class ResampleToSpacingd(Spacingd):
         out = super().__call__(d, lazy=lazy)
         out.update(aside)
         return out
+
+
+class PseudoLabeld(MapTransform):
+    """Mark each item as labelled or not (``labelled``: 1.0 / 0.0, collated to a (B,) tensor the trainer reads to
+    take L_gt on labelled images only) and give an unlabelled image the teacher's prediction as its ``label``
+    (argmax of ``teacher_logits`` over classes; logit > 0 for one sigmoid channel), so that terms that need a label
+    map (L_cpd's prototypes) work on unlabelled images too — our extension of IAD to unlabelled data. Place it after
+    the teacher's logits are loaded and brought to the image's size, before spatial augmentation."""
+
+    def __init__(self, label_key: str = "label", logits_key: str = "teacher_logits", flag_key: str = "labelled"):
+        super().__init__(keys=[label_key])
+        self.label_key, self.logits_key, self.flag_key = label_key, logits_key, flag_key
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        if self.label_key in d:
+            d[self.flag_key] = torch.tensor(1.0)
+            return d
+        logits = d.get(self.logits_key)
+        if logits is None:
+            raise DataError(
+                f"image '{source_name(d.get('image'))}' has no label and no cached teacher logits: unlabelled images "
+                "need the teacher's predictions (teacher_mode 'cache')."
+            )
+        logits = torch.as_tensor(logits)
+        label = (logits > 0) if logits.shape[0] == 1 else logits.argmax(dim=0, keepdim=True)
+        d[self.label_key] = label.float()
+        d[self.flag_key] = torch.tensor(0.0)
+        return d

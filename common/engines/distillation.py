@@ -46,6 +46,7 @@ __all__ = [
 ]
 
 TEACHER_LOGITS_KEY = "teacher_logits"
+LABELLED_KEY = "labelled"  # (B,) 1 for a labelled image, 0 for an unlabelled one with a pseudo-label
 TERM_PREFIX = "term_"  # flat output keys (MONAI's decollation would mangle a nested dict)
 INPUT_NAMES = (
     "student_logits",
@@ -257,6 +258,20 @@ class DistillationTrainer(SupervisedTrainer):
             self._term_sums[k] = self._term_sums.get(k, 0.0) + v
             engine.state.metrics[f"train_{k}"] = self._term_sums[k] / self._term_count
 
+    def _gt_loss(self, logits: torch.Tensor, targets: torch.Tensor, batchdata: Mapping) -> torch.Tensor:
+        """L_gt over the batch, or over its labelled images when the batch mixes in unlabelled ones (``labelled``,
+        :class:`common.data.transforms.PseudoLabeld`): their pseudo-labels feed the distillation terms, not L_gt.
+        A batch without a labelled image contributes 0 (still attached to the graph)."""
+        labelled = batchdata.get(LABELLED_KEY) if isinstance(batchdata, Mapping) else None
+        if labelled is None:
+            return self.loss_function(logits, targets).mean()
+        keep = torch.as_tensor(labelled).to(logits.device).flatten() > 0.5
+        if bool(keep.all()):
+            return self.loss_function(logits, targets).mean()
+        if not bool(keep.any()):
+            return logits.sum() * 0.0
+        return self.loss_function(logits[keep], targets[keep]).mean()
+
     @property
     def stage(self) -> Stage:
         return self.stages[max(self.stage_index, 0)]
@@ -338,7 +353,7 @@ class DistillationTrainer(SupervisedTrainer):
                 engine._check_unlabelled(stage)
                 terms, weighted = {}, 0.0
             else:
-                terms = {"gt": engine.loss_function(tensors["student_logits"], targets).mean()}
+                terms = {"gt": engine._gt_loss(tensors["student_logits"], targets, batchdata)}
                 weighted = stage.gt_weight * terms["gt"]
             for name, term in stage.terms.items():
                 value = term.loss(*[tensors[n] for n in term.inputs])

@@ -31,7 +31,7 @@ import torch
 from monai.networks.nets import FlexibleUNet
 from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 
-from common.checkpoints import optional_path, read_state_dict
+from common.checkpoints import load_checked, optional_path, read_state_dict
 from common.errors import CheckpointError, InputError
 
 __all__ = ["EfficientUNetStudent", "load_imagenet_encoder_weights", "adapt_stem_weight"]
@@ -116,6 +116,10 @@ class EfficientUNetStudent(FlexibleUNet):
             keeps the TensorFlow value 0.01, whose running statistics need thousands of iterations to settle; with
             the few hundred of a small task they stay near their initial values and eval-mode predictions are
             wrong (seen on LiTS: validation Dice jumping between 0.29 and 0.0). 0.1 is PyTorch's default.
+        checkpoint: a whole trained student (its ``model.pt``, or a training checkpoint with a ``model`` entry) to
+            start from, loaded strictly: the released IAD code warm-starts KIS from the student trained alone.
+        freeze_encoder: the encoder does not train (its parameters get no gradient and its BatchNorm layers stay in
+            eval mode), as in the released IAD code; the decoder and head do.
     """
 
     def __init__(
@@ -128,6 +132,8 @@ class EfficientUNetStudent(FlexibleUNet):
         decoder_channels: Sequence[int] = (256, 128, 64, 32, 16),
         norm: str | Sequence = ("batch", {"eps": 1e-3, "momentum": 0.1}),
         encoder_bn_momentum: float = 0.1,
+        checkpoint: str | os.PathLike[str] | None = None,
+        freeze_encoder: bool = False,
     ) -> None:
         if not backbone.startswith("efficientnet-"):
             raise InputError(
@@ -159,6 +165,20 @@ class EfficientUNetStudent(FlexibleUNet):
                     f"ImageNet weights are 2D; pretrained_path={pretrained_path} needs spatial_dims=2"
                 )
             load_imagenet_encoder_weights(self.encoder, pretrained_path)
+        checkpoint = optional_path(checkpoint)
+        if checkpoint is not None:
+            load_checked(self, checkpoint, "pretrained student", f"'{checkpoint}' does not fit this student")
+        self.freeze_encoder = bool(freeze_encoder)
+        if self.freeze_encoder:
+            for parameter in self.encoder.parameters():
+                parameter.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> EfficientUNetStudent:
+        """Train mode, except for a frozen encoder, whose BatchNorm statistics keep their values."""
+        super().train(mode)
+        if mode and self.freeze_encoder:
+            self.encoder.eval()
+        return self
 
     def _check_spatial_size(self, x: torch.Tensor) -> None:
         """Reject inputs the encoder/decoder cannot round-trip (see the module docstring)."""

@@ -1,79 +1,256 @@
-"""The comparison-table script: aggregation over seeds and the files it writes (no training)."""
+"""The IAD comparison script: its plan (budgets x rows x seeds, overrides, the teacher first), resuming, the pipeline's
+call, and the table from fake per-case metrics (no training)."""
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
+import csv
 import json
 import math
 from pathlib import Path
 
+import pytest
+
+from common.stats import paired_bootstrap, subject_scores
+from scripts import iad_table, jobs, pipeline_plan
+from scripts.pipeline_profiles import PROFILES
 from tests.conftest import fake_metrics_summary
 
-REPO = Path(__file__).resolve().parents[2]
-spec = importlib.util.spec_from_file_location("iad_table", REPO / "scripts" / "iad_table.py")
-iad_table = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(iad_table)
+
+def _opt(cmd: list[str], name: str) -> str:
+    return cmd[cmd.index(name) + 1]
+
+
+def _args(tmp_path: Path, *extra: str):
+    base = ["--out", str(tmp_path / "out"), "--dataset_dir", "D", "--teacher_ckpt", "C", "--rows", "student_only", "kd"]
+    return iad_table.parse_args([*base, "--seeds", "0", "1", "--epochs", "3", "--kis_epochs", "2", *extra])
 
 
 def test_mean_and_std_over_seeds():
-    assert iad_table._ms([0.5, 0.7], 2, 100) == "60.00 ± 10.00"
-    assert iad_table._ms([0.5], 1) == "0.5"
-    assert iad_table._ms([float("nan")]) == "–"
+    assert iad_table.mean_std([0.5, 0.7], 2, 100) == "60.00 ± 10.00"
+    assert iad_table.mean_std([0.5], 1) == "0.5"
+    assert iad_table.mean_std([float("nan")]) == "–"
 
 
-def test_write_table_rows_and_files(tmp_path):
-    results = {
-        "student_only": [{"summary": fake_metrics_summary(0.8, 0.2), "train_seconds": 60}, {"summary": fake_metrics_summary(0.9, 0.4), "train_seconds": 120}],
-        "teacher": [{"summary": fake_metrics_summary(0.95, 0.5), "train_seconds": float("nan")}],
-    }  # fmt: skip
-    sizes = {"student": {"params": 7.87e6, "latency_ms": 12.0}, "teacher": {"params": 9.7e6, "latency_ms": 300.0}}
-    args = argparse.Namespace(out=str(tmp_path), threads=2, teacher_arch="litemedsam", teacher_image_size=128)
-    md = iad_table.write_table(results, sizes, args)
-    lines = md.splitlines()
-    assert lines[2].startswith("| Student only | 2 | 85.00 ± 5.00 | 30.00 ± 10.00 | 57.50 ± 7.50 |")
-    assert lines[2].endswith("| 1.5 ± 0.5 |")  # training minutes
-    assert lines[3].startswith("| Teacher (LiteMedSAM + LoRA) | 1 | 95.00 |")
-    assert "7.87 M parameters, 12.0 ms" in md
-    assert (tmp_path / "table.md").read_text().strip() == md.strip()
-    assert json.loads((tmp_path / "table.json").read_text())["sizes"]["student"]["params"] == 7.87e6
-    assert (tmp_path / "table.csv").read_text().splitlines()[0].startswith("method,seeds,Dice liver")
+def test_plan_trains_a_teacher_per_budget_then_every_row_and_seed_with_its_overrides(tmp_path):
+    overrides = ["--row_overrides", "kd:temperature=1", "teacher:learning_rate=0.002"]
+    args = _args(tmp_path, "--budgets", "8", "all", "--teacher_epochs", "4", *overrides)
+    todo = iad_table.plan(args)
+    keys = [j.key for j in todo]
+    runs = [f"{row}/seed{s}" for row in ("student_only", "kd") for s in (0, 1)]
+    expected = []
+    for budget in ("8", "all"):
+        expected += [f"budget_{budget}/teacher", f"budget_{budget}/teacher/evaluate"]
+        expected += [f"budget_{budget}/{r}{e}" for r in runs for e in ("", "/evaluate")]
+    assert keys == expected  # budgets x rows x seeds, each block's teacher first
+    job = {j.key: j for j in todo}
+    out = tmp_path / "out"
+
+    teacher = job["budget_8/teacher"]
+    assert "teacher_lora/configs/train.json" in teacher.cmd[5] and "evaluate.json" not in teacher.cmd[5]
+    assert teacher.marker == out / "budget_8" / "teacher" / "train_time.json"
+    assert _opt(teacher.cmd, "--bundle_root") == str(out / "budget_8" / "teacher")
+    assert _opt(teacher.cmd, "--label_budget") == "8" and _opt(teacher.cmd, "--budget_seed") == "0"
+    assert _opt(teacher.cmd, "--epochs") == "4" and _opt(teacher.cmd, "--image_size") == "128"
+    assert _opt(teacher.cmd, "--teacher_ckpt") == "C" and _opt(teacher.cmd, "--learning_rate") == "0.002"
+    assert "--unlabelled" not in teacher.cmd and "--temperature" not in teacher.cmd
+    evaluate = job["budget_8/teacher/evaluate"]
+    assert "evaluate.json" in evaluate.cmd[5] and evaluate.needs == ("budget_8/teacher",)
+    assert evaluate.outputs == [out / "budget_8" / "teacher" / "eval" / "metrics_summary.json"]
+    assert _opt(job["budget_all/teacher"].cmd, "--label_budget") == "$None"  # every label
+
+    kd = job["budget_8/kd/seed1"]
+    root = out / "budget_8" / "kd" / "seed1"
+    assert kd.needs == ("budget_8/teacher",) and kd.marker == root / "train_time.json"
+    assert "iad_student/configs/train.json" in kd.cmd[5] and "kd.json" in kd.cmd[5]
+    assert _opt(kd.cmd, "--bundle_root") == str(root) and _opt(kd.cmd, "--seed") == "1"
+    assert _opt(kd.cmd, "--label_budget") == "8" and _opt(kd.cmd, "--unlabelled") == "rest"
+    assert _opt(kd.cmd, "--teacher_ckpt") == "C"
+    assert _opt(kd.cmd, "--teacher_adapter") == str(out / "budget_8" / "teacher" / "models" / "adapter.pt")
+    assert _opt(kd.cmd, "--temperature") == "1" and _opt(kd.cmd, "--epochs") == "3"
+    assert "--image_size" not in kd.cmd  # no profile, no option: the bundle's own
+    kd_eval = job["budget_8/kd/seed1/evaluate"]
+    assert kd_eval.needs == ("budget_8/kd/seed1",) and kd_eval.outputs == [root / "eval" / "metrics_summary.json"]
+    assert "evaluate.json" in kd_eval.cmd[5] and kd.cmd[6:] == kd_eval.cmd[6:]
+    alone = job["budget_8/student_only/seed0"]
+    assert _opt(alone.cmd, "--unlabelled") == "none" and "--temperature" not in alone.cmd
+    assert alone.needs == ()  # the student alone reads nothing of the teacher
+    kd_all = job["budget_all/kd/seed0"]
+    assert _opt(kd_all.cmd, "--label_budget") == "$None" and _opt(kd_all.cmd, "--unlabelled") == "none"
+    assert kd_all.needs == ("budget_all/teacher",)
+    assert _opt(kd_all.cmd, "--teacher_adapter") == str(out / "budget_all" / "teacher" / "models" / "adapter.pt")
+
+    single = iad_table.plan(_args(tmp_path, "--budgets", "8", "--single_seed_rows", "kd", "--no_teacher_row"))
+    assert [j.key for j in single if j.key.startswith("budget_8/kd/")] == [
+        "budget_8/kd/seed0",
+        "budget_8/kd/seed0/evaluate",
+    ]
+    assert "budget_8/teacher/evaluate" not in {j.key for j in single} and "budget_8/teacher" in {j.key for j in single}
 
 
-def _plan_args(tmp_path: Path, **kw) -> argparse.Namespace:
-    base = dict(out=str(tmp_path), dataset_dir="D", teacher_arch="litemedsam", teacher_ckpt="C", teacher_image_size=128,
-                teacher_root="TR", teacher_adapter="TR/models/adapter.pt", teacher_time=str(tmp_path / "teacher.json"),
-                rows=["student_only", "kis_only"], seeds=[0, 1], single_seed_rows=["kis_only"], epochs=3, kis_epochs=2,
-                no_teacher_row=False)  # fmt: skip
-    return argparse.Namespace(**{**base, **kw})
+def test_profiles_fill_the_sizes_that_options_leave_unset():
+    args = iad_table.parse_args(["--profile", "gpu", "--epochs", "7"])
+    gpu = iad_table.PROFILES["gpu"]
+    assert args.epochs == 7 and args.kis_epochs == gpu["kis_epochs"] and args.image_size == gpu["image_size"]
+    assert args.budgets == gpu["budgets"] and args.seeds == gpu["seeds"] and args.rows == gpu["rows"]
+    plain = iad_table.parse_args([])
+    assert plain.rows == ["student_only", "kd", "kd_kas", "kis_only", "iad"] and plain.seeds == [0, 1, 2]
+    assert plain.budgets == ["8", "32", "all"] and plain.image_size is None and plain.teacher_image_size == 128
+    for bad in (["--budgets", "0"], ["--row_overrides", "nope:x=1"], ["--row_overrides", "kd:x"]):
+        with pytest.raises(SystemExit):
+            iad_table.parse_args(bad)
+    both = iad_table.parse_row_overrides(["students:batch_size=8", "kd:temperature=1", "kd:logit_norm=zscore"])
+    assert both == {"students": {"batch_size": 8}, "kd": {"temperature": 1, "logit_norm": "zscore"}}
 
 
-def test_plan_trains_then_evaluates_each_row_and_seed_and_evaluates_the_teacher(tmp_path):
-    todo = {j.key: j for j in iad_table.plan(_plan_args(tmp_path))}
-    runs = ["student_only/seed0", "student_only/seed1", "kis_only/seed0"]  # kis_only: the first seed only
-    assert list(todo) == [key for run in runs for key in (run, f"{run}/evaluate")] + ["teacher"]
-    train, evaluate = todo["student_only/seed1"], todo["student_only/seed1/evaluate"]
-    root = tmp_path / "student_only" / "seed1"
-    assert train.marker == root / "train_time.json" and train.log == root / "train.log"
-    assert "student_only.json" in train.cmd[5] and "evaluate.json" not in train.cmd[5]
-    assert train.cmd[6:] == evaluate.cmd[6:] and "evaluate.json" in evaluate.cmd[5]
-    assert train.cmd[train.cmd.index("--seed") + 1] == "1" and evaluate.needs == ("student_only/seed1",)
-    assert evaluate.outputs == [root / "eval" / "metrics_summary.json"] and evaluate.marker is None
-    assert todo["teacher"].outputs == [tmp_path / "teacher" / "metrics_summary.json"]
-    assert "teacher" not in {j.key for j in iad_table.plan(_plan_args(tmp_path, no_teacher_row=True))}
+def test_the_pipeline_call_evaluates_its_teacher_and_keeps_its_layout(tmp_path):
+    layout = pipeline_plan.Layout(tmp_path / "out", tmp_path / "data")
+    step = {s.key: s for s in pipeline_plan.plan_steps(PROFILES["smoke"], layout, "py")}["iad"]
+    args = iad_table.parse_args(step.cmd[2:])  # exactly the pipeline's options
+    assert args.budgets == ["all"]
+    todo = {j.key: j for j in iad_table.plan(args)}
+    assert list(todo) == [
+        "teacher",
+        "student_only/seed0",
+        "student_only/seed0/evaluate",
+        "iad/seed0",
+        "iad/seed0/evaluate",
+    ]
+    assert todo["teacher"].outputs == [layout.iad / "teacher" / "metrics_summary.json"]
+    assert _opt(todo["teacher"].cmd, "--bundle_root") == str(layout.teacher)
+    iad = todo["iad/seed0"]
+    assert _opt(iad.cmd, "--bundle_root") == str(layout.iad / "iad" / "seed0")  # where the pipeline predicts from
+    assert _opt(iad.cmd, "--teacher_adapter") == str(layout.teacher / "models" / "adapter.pt") and iad.needs == ()
+    assert _opt(iad.cmd, "--label_budget") == "$None" and _opt(iad.cmd, "--unlabelled") == "none"
+    assert args.teacher_time == str(layout.markers / "teacher.json") and args.threads == 1
+    with pytest.raises(SystemExit):
+        iad_table.parse_args([*step.cmd[2:], "--budgets", "8"])
 
 
-def test_collect_reads_the_summaries_and_the_training_markers(tmp_path, capsys):
-    args = _plan_args(tmp_path)
-    for root, seconds in ((tmp_path / "student_only" / "seed0", 60.0), (tmp_path / "kis_only" / "seed0", None)):
-        (root / "eval").mkdir(parents=True)
-        (root / "eval" / "metrics_summary.json").write_text(json.dumps(fake_metrics_summary(0.8, 0.2)))
-        if seconds is not None:
-            (root / "train_time.json").write_text(json.dumps({"seconds": seconds, "command": []}))
-    (tmp_path / "teacher").mkdir()
-    (tmp_path / "teacher" / "metrics_summary.json").write_text(json.dumps(fake_metrics_summary(0.9, 0.5)))
-    (tmp_path / "teacher.json").write_text(json.dumps({"seconds": 600.0, "command": []}))  # the pipeline's marker
+def test_resuming_skips_the_finished_jobs(tmp_path, capsys):
+    args = _args(tmp_path, "--budgets", "8")
+    todo = iad_table.plan(args)
+    teacher = tmp_path / "out" / "budget_8" / "teacher"
+    (teacher / "eval").mkdir(parents=True)
+    (teacher / "train_time.json").write_text(json.dumps({"seconds": 60.0, "command": []}))
+    assert [j.key for j in todo if j.done] == ["budget_8/teacher"]
+    (teacher / "eval" / "metrics_summary.json").write_text("{}")
+    assert [j.key for j in iad_table.plan(args) if j.done] == ["budget_8/teacher", "budget_8/teacher/evaluate"]
+    for job in todo:  # every run finished: nothing is left to run
+        for path in [*job.outputs, *([job.marker] if job.marker else [])]:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"seconds": 1.0}))
+    assert jobs.run(iad_table.plan(args), env={}) == {}
+    assert f"{len(todo)} steps: {len(todo)} done already, 0 to run" in capsys.readouterr().out
+    iad_table.main(
+        ["--out", args.out, "--dataset_dir", "D", "--budgets", "8", "--rows", "kd", "--seeds", "5", "--plan"]
+    )
+    printed = capsys.readouterr().out
+    assert "[done] budget_8/teacher\n" in printed and "[todo] budget_8/kd/seed5  (after budget_8/teacher)" in printed
+
+
+CLASSES = ["optic disc", "optic cup"]
+
+
+def _write_run(root: Path, shift: float, seed: int, seconds: float | None) -> None:
+    """A finished run's files: per-case metrics of 4 subjects x 2 slices (Dice of the student alone plus ``shift``;
+    HD95 = 10 x (1 - Dice); the cup absent from slice 1 of subject 4), its summary and its training marker."""
+    (root / "eval").mkdir(parents=True)
+    head = ["case"] + [f"{m}_{c}" for m in ("dice", "hd95", "sensitivity") for c in CLASSES] + ["subject"]
+    lines = [head]
+    for i in range(1, 5):
+        for j in (1, 2):
+            dice = [0.5 + 0.1 * i - 0.05 * seed + shift, 0.3 + 0.05 * j + shift]
+            if i == 4 and j == 1:
+                dice[1] = math.nan
+            hd = [10 * (1 - d) for d in dice]
+            cells = [f"s{i}_{j}"] + ["nan" if math.isnan(v) else v for v in dice + hd + dice] + [f"s{i}"]
+            lines.append(cells)
+    with open(root / "eval" / "metrics_per_case.csv", "w", newline="") as f:
+        csv.writer(f).writerows(lines)
+    (root / "eval" / "metrics_summary.json").write_text(json.dumps(fake_metrics_summary(0.8, 0.2)))
+    if seconds is not None:
+        (root / "train_time.json").write_text(json.dumps({"seconds": seconds, "command": []}))
+
+
+def test_collect_and_table_give_the_paired_bootstrap_of_common_stats(tmp_path, capsys):
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    labels = {"0": "background", "1": CLASSES[0], "2": CLASSES[1]}
+    info = {
+        "dim": 2,
+        "channel_names": ["RGB"],
+        "labels": labels,
+        "normalisation": {"method": "range", "range": [0, 255]},
+    }
+    (dataset / "dataset.json").write_text(json.dumps(info))
+    args = iad_table.parse_args(
+        [
+            "--out",
+            str(tmp_path / "out"),
+            "--dataset_dir",
+            str(dataset),
+            "--budgets",
+            "8",
+            "--rows",
+            "student_only",
+            "kd",
+        ]
+        + ["--seeds", "0", "1", "--n_boot", "500", "--threads", "2"]
+    )
+    block = tmp_path / "out" / "budget_8"
+    for seed in (0, 1):
+        _write_run(block / "student_only" / f"seed{seed}", 0.0, seed, 60.0 * (seed + 1))
+    _write_run(block / "kd" / "seed0", 0.1, 0, None)  # kd seed 1 has not finished
+    _write_run(block / "teacher", 0.2, 0, 600.0)
+
     results = iad_table.collect(args)
-    assert [r["train_seconds"] for r in results["student_only"]] == [60.0]  # seed 1 has not finished
-    assert math.isnan(results["kis_only"][0]["train_seconds"]) and results["teacher"][0]["train_seconds"] == 600.0
-    assert "[miss] student_only seed 1" in capsys.readouterr().out
+    assert "[miss] budget_8/kd seed 1" in capsys.readouterr().out
+    runs = results["8"]
+    assert [len(runs[m]) for m in ("student_only", "kd", "teacher")] == [2, 1, 1]
+    assert math.isnan(runs["kd"][0]["train_seconds"]) and runs["teacher"][0]["train_seconds"] == 600.0
+
+    from common.data.dataset_info import load_dataset_info
+
+    classes = load_dataset_info(dataset).class_names
+    sizes = {"student": {"params": 7.87e6, "latency_ms": 12.0, "input_size": 128},
+             "teacher": {"params": 9.7e6, "latency_ms": 300.0, "input_size": 128}}  # fmt: skip
+    md = iad_table.write_table(results, sizes, classes, args)
+    rows = {line.split(" | ")[0].lstrip("| "): line.strip("| ").split(" | ") for line in md.splitlines()[4:7]}
+
+    def expected(metric: str, names: list[str], higher: bool = True) -> dict:
+        scores = {m: {r["seed"]: subject_scores(r["per_case"], metric, names) for r in rs} for m, rs in runs.items()}
+        return paired_bootstrap(scores, "student_only", 500, 0, 0.95, higher)
+
+    dice, hd95, cup = expected("dice", CLASSES), expected("hd95", CLASSES, False), expected("dice", ["optic cup"])
+    # by hand: subject i, slice j, seed k: disc 0.5 + 0.1 i - 0.05 k, cup 0.3 + 0.05 j (none on s4 slice 1)
+    # subject means over slices and seeds: (1.7 + 0.2 i) / 4 for i = 1..3; s4: ((0.9 + 0.65) + (0.85 + 0.625)) / 4
+    assert dice["student_only"]["mean"] == pytest.approx((0.475 + 0.525 + 0.575 + 0.75625) / 4)
+    student, kd, teacher = rows["Student only"], rows["KD (Hinton)"], rows["Teacher (LiteMedSAM + LoRA)"]
+    lo, hi = dice["student_only"]["ci"]
+    assert student[1:4] == ["2", "4", f"{100 * dice['student_only']['mean']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]"]
+    assert student[5] == f"{100 * cup['student_only']['mean']:.2f} [{100 * cup['student_only']['ci'][0]:.2f}, " \
+        f"{100 * cup['student_only']['ci'][1]:.2f}]"  # fmt: skip
+    assert student[6:8] == ["–", "–"] and student[-1] == "1.5 ± 0.5"  # no difference to itself; minutes over seeds
+    assert student[-3:-1] == ["7.87", "12.0"] and teacher[-3:-1] == ["9.70", "300.0"]
+    # kd is the student + 0.1 on every slice of seed 0; seeds are averaged inside a subject first
+    lo, hi = dice["kd"]["difference_ci"]
+    assert kd[6] == f"{100 * dice['kd']['difference']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]"
+    assert kd[7] == dice["kd"]["verdict"] == "better" and kd[1] == "1" and kd[-1] == "–"
+    assert teacher[6].startswith("+21.41") and teacher[7] == "better" and teacher[-1] == "10.0"
+    h = hd95["kd"]
+    assert kd[8] == f"{h['mean']:.2f} [{h['ci'][0]:.2f}, {h['ci'][1]:.2f}]" and h["verdict"] == "better"
+
+    header = md.splitlines()[2]
+    assert "| Dice optic disc % | Dice optic cup % |" in header and "liver" not in md
+    assert md.splitlines()[0].startswith("## Label budget: 8 labelled training subjects")
+    assert "percentile bootstrap of 500 resamples" in md and "Empty masks: conv." in md
+    assert (tmp_path / "out" / "table.md").read_text().strip() == md.strip()
+    with open(tmp_path / "out" / "table.csv") as f:
+        records = list(csv.DictReader(f))
+    assert [r["method"] for r in records] == ["student_only", "kd", "teacher"] and records[1]["verdict"] == "better"
+    assert float(records[1]["dice_diff_lo"]) == pytest.approx(dice["kd"]["difference_ci"][0])
+    assert float(records[0]["dice_optic cup"]) == pytest.approx(cup["student_only"]["mean"])
+    table = json.loads((tmp_path / "out" / "table.json").read_text())
+    assert table["blocks"]["8"]["statistics"]["kd"]["dice"]["mean"] == pytest.approx(dice["kd"]["mean"])
+    assert table["results"]["student_only"][1]["train_seconds"] == 120.0  # what pipeline_report.py reads
+    assert table["classes"] == CLASSES and table["sizes"]["teacher"]["params"] == 9.7e6

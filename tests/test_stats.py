@@ -40,11 +40,16 @@ def _one_seed(values: dict[str, float]) -> dict[int, dict[str, float]]:
 
 
 def test_the_mean_is_the_mean_over_subjects_of_the_seed_averaged_scores():
+    kd = {
+        0: {"s1": 0.9, "s2": 0.5, "s3": 0.4},
+        1: {"s1": 0.7, "s2": 0.7, "s3": 0.2},
+        2: {"s1": 0.8, "s2": 0.6, "s3": 0.3},
+    }
     scores = {
         "student": {0: {"s1": 0.8, "s2": 0.6, "s3": 0.1}, 1: {"s1": 0.6, "s2": 0.4, "s3": 0.3}},
-        "kd": {0: {"s1": 0.9, "s2": 0.5, "s3": 0.4}, 1: {"s1": 0.7, "s2": 0.7, "s3": 0.2}, 2: {"s1": 0.8, "s2": 0.6, "s3": 0.3}},
+        "kd": kd,
         "teacher": _one_seed({"s1": 1.0, "s2": 0.8, "s3": 0.6, "s4": 0.9}),  # s4: only the teacher scored it
-    }  # fmt: skip
+    }
     stats = paired_bootstrap(scores, "student", n_boot=500)
     # student per subject: 0.7, 0.5, 0.2; kd: 0.8, 0.6, 0.3; teacher: 1.0, 0.8, 0.6 (s4 left out)
     assert stats["student"]["mean"] == pytest.approx(1.4 / 3)

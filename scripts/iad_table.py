@@ -37,6 +37,7 @@ import math
 import os
 import shlex
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -182,7 +183,7 @@ def teacher_jobs(block: Block, args: argparse.Namespace) -> list[jobs.Job]:
     overrides.update({"teacher_arch": args.teacher_arch, "teacher_ckpt": args.teacher_ckpt, "num_workers": 0})
     overrides.update({"image_size": args.teacher_image_size, "epochs": args.teacher_epochs})
     overrides.update(_budget_overrides(block.budget, args))
-    overrides = _sized({**overrides, **args.row_overrides.get("teacher", {})})
+    overrides = {**_sized(overrides), **args.row_overrides.get("teacher", {})}
     train = [TEACHER_CONFIGS / "train.json"]
     evaluate = None if args.no_teacher_row else train + [TEACHER_CONFIGS / "evaluate.json"]
     return train_and_evaluate(f"{block.prefix}teacher", block.teacher_root, train, overrides, evaluate)
@@ -200,9 +201,7 @@ def student_overrides(block: Block, row: str, seed: int, args: argparse.Namespac
     overrides.update(_budget_overrides(block.budget, args))
     # the other training subjects' images, labelled by the teacher, for a row that learns from it under a budget
     overrides["unlabelled"] = "rest" if ROWS[row].distils and block.budget != "all" else "none"
-    overrides.update(args.row_overrides.get("students", {}))
-    overrides.update(args.row_overrides.get(row, {}))
-    return _sized(overrides)
+    return {**_sized(overrides), **args.row_overrides.get("students", {}), **args.row_overrides.get(row, {})}
 
 
 def plan(args: argparse.Namespace) -> list[jobs.Job]:
@@ -268,7 +267,7 @@ def _bootstrap(scores: dict, args: argparse.Namespace, higher_is_better: bool = 
 
 
 def block_statistics(
-    runs: dict[str, list[dict]], classes: list[str], args: argparse.Namespace, regions: list[str] = ()
+    runs: dict[str, list[dict]], classes: list[str], args: argparse.Namespace, regions: Sequence[str] = ()
 ) -> dict[str, dict]:
     """Row -> ``dice`` and ``hd95`` (over ``classes``) and ``class_dice`` (per class and per region), each the
     paired bootstrap of the row's subject scores (seeds averaged inside a subject) against the student alone."""
@@ -283,6 +282,7 @@ def block_statistics(
 
 
 def _bundle_default(key: str) -> object:
+    """A value of the student bundle's ``train.json``."""
     return json.loads((CONFIGS / "train.json").read_text())[key]
 
 
@@ -343,7 +343,7 @@ def write_table(
     sizes: dict,
     classes: list[str],
     args: argparse.Namespace,
-    regions: list[str] = (),
+    regions: Sequence[str] = (),
 ) -> str:
     """Write ``table.md`` / ``table.csv`` / ``table.json`` into ``OUT`` (one block per budget; mean Dice and HD95
     over ``classes``, Dice per class and per region) and return the Markdown."""
@@ -422,6 +422,7 @@ def _record(budget: str, method: str, runs: list[dict], stats: dict, size: dict,
 
 
 def _notes(results: dict, sizes: dict, classes: list[str], args: argparse.Namespace) -> list[str]:
+    """The paragraphs under the table: how subjects are scored and compared, the empty-mask convention, sizes."""
     first = next(iter(next(iter(results.values())).values()))[0]["summary"]
     convention = first.get("empty_mask_convention")
     if convention is None:

@@ -124,6 +124,13 @@ def test_the_pipeline_call_evaluates_its_teacher_and_keeps_its_layout(tmp_path):
     assert args.teacher_time == str(layout.markers / "teacher.json") and args.threads == 1
     with pytest.raises(SystemExit):
         iad_table.parse_args([*step.cmd[2:], "--budgets", "8"])
+    _write_run(layout.iad / "iad" / "seed0", 0.1, 0, 30.0)
+    _write_run(layout.iad, 0.2, 0, None, folder="teacher")  # the teacher's evaluation: OUT/teacher/metrics_*
+    layout.markers.mkdir(parents=True)
+    (layout.markers / "teacher.json").write_text(json.dumps({"seconds": 600.0, "command": []}))  # the pipeline's
+    results = iad_table.collect(args)
+    assert list(results) == ["all"] and list(results["all"]) == ["iad", "teacher"]
+    assert results["all"]["teacher"][0]["train_seconds"] == 600.0 and results["all"]["iad"][0]["train_seconds"] == 30.0
 
 
 def test_resuming_skips_the_finished_jobs(tmp_path, capsys):
@@ -151,10 +158,11 @@ def test_resuming_skips_the_finished_jobs(tmp_path, capsys):
 CLASSES = ["optic disc", "optic cup"]
 
 
-def _write_run(root: Path, shift: float, seed: int, seconds: float | None) -> None:
+def _write_run(root: Path, shift: float, seed: int, seconds: float | None, folder: str = "eval") -> None:
     """A finished run's files: per-case metrics of 4 subjects x 2 slices (Dice of the student alone plus ``shift``;
-    HD95 = 10 x (1 - Dice); the cup absent from slice 1 of subject 4), its summary and its training marker."""
-    (root / "eval").mkdir(parents=True)
+    HD95 = 10 x (1 - Dice); the cup absent from slice 1 of subject 4), its summary (both in ``root/folder``) and its
+    training marker."""
+    (root / folder).mkdir(parents=True)
     head = ["case"] + [f"{m}_{c}" for m in ("dice", "hd95", "sensitivity") for c in CLASSES] + ["subject"]
     lines = [head]
     for i in range(1, 5):
@@ -165,9 +173,9 @@ def _write_run(root: Path, shift: float, seed: int, seconds: float | None) -> No
             hd = [10 * (1 - d) for d in dice]
             cells = [f"s{i}_{j}"] + ["nan" if math.isnan(v) else v for v in dice + hd + dice] + [f"s{i}"]
             lines.append(cells)
-    with open(root / "eval" / "metrics_per_case.csv", "w", newline="") as f:
+    with open(root / folder / "metrics_per_case.csv", "w", newline="") as f:
         csv.writer(f).writerows(lines)
-    (root / "eval" / "metrics_summary.json").write_text(json.dumps(fake_metrics_summary(0.8, 0.2)))
+    (root / folder / "metrics_summary.json").write_text(json.dumps(fake_metrics_summary(0.8, 0.2)))
     if seconds is not None:
         (root / "train_time.json").write_text(json.dumps({"seconds": seconds, "command": []}))
 

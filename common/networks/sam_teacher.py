@@ -127,7 +127,7 @@ class EmbeddingCache:
         out: list[torch.Tensor | None] = []
         paths = []
         for image in x:
-            data = image.detach().float().cpu().contiguous().numpy()
+            data = image.detach().float().cpu().contiguous().as_subclass(torch.Tensor).numpy()
             paths.append(
                 self._root / f"{hashlib.sha256(str(data.shape).encode() + data.tobytes()).hexdigest()[:32]}.pt"
             )
@@ -139,7 +139,7 @@ class EmbeddingCache:
             with torch.no_grad():
                 computed = encoder(x[missing])
             for i, embedding in zip(missing, computed):
-                stored = embedding.detach().half()
+                stored = embedding.detach().half().as_subclass(torch.Tensor)  # no MetaTensor metadata on disk
                 atomic_save(stored.cpu(), paths[i])
                 out[i] = stored.float()  # as later reads will give it
         return torch.stack(out)

@@ -185,3 +185,28 @@ def test_frozen_batchnorm_keeps_its_statistics_so_the_adapter_rebuilds_the_train
     x = torch.rand(2, 1, 64, 64)
     with torch.no_grad():
         assert torch.equal(model(x), rebuilt(x))
+
+
+def test_frozen_encoder_and_its_embedding_cache(tmp_path):
+    """encoder='frozen': no LoRA, the encoder does not train (and stays in eval mode), the decoder does; its
+    embeddings are computed once per image, stored as plain float16 tensors, and read back for the same image
+    (a MetaTensor input too), while another image or a training encoder computes afresh."""
+    from monai.data import MetaTensor
+
+    teacher = build_teacher("test", num_classes=2, encoder="frozen", embedding_cache_dir=tmp_path).train()
+    trainable = {n.split(".")[0] for n, p in teacher.named_parameters() if p.requires_grad}
+    assert trainable == {"prompt_encoder", "mask_decoder"} and not any("lora_" in n for n, _ in teacher.named_parameters())
+    assert not teacher.image_encoder.training
+    x = MetaTensor(torch.rand(2, 1, 64, 64))
+    first = teacher.forward_features(x)["embedding"]
+    files = sorted(tmp_path.rglob("*.pt"))
+    assert len(files) == 2 and torch.load(files[0], weights_only=True).dtype == torch.float16
+    calls = []
+    teacher.image_encoder.register_forward_hook(lambda *args: calls.append(1))
+    again = teacher.forward_features(x)["embedding"]
+    assert not calls and torch.equal(first, again)  # read from the cache, the same values
+    teacher.forward_features(torch.rand(1, 1, 64, 64))
+    assert len(calls) == 1 and len(sorted(tmp_path.rglob("*.pt"))) == 3
+    lora = build_teacher("test", num_classes=2, embedding_cache_dir=tmp_path / "lora").train()
+    lora.forward_features(torch.rand(1, 1, 64, 64))
+    assert not (tmp_path / "lora").exists()  # a LoRA encoder trains: no cache

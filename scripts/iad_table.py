@@ -189,6 +189,39 @@ def teacher_jobs(block: Block, args: argparse.Namespace) -> list[jobs.Job]:
     return train_and_evaluate(f"{block.prefix}teacher", block.teacher_root, train, overrides, evaluate)
 
 
+def run_epochs(block: Block, row: str, args: argparse.Namespace) -> tuple[int, int] | None:
+    """(epochs, kis_epochs) that give a run ``--iterations`` optimiser steps whatever its epoch length (a row that
+    sees the unlabelled images has longer epochs than the student alone), KIS taking ``--kis_fraction`` of them; None
+    without ``--iterations`` (``--epochs``/``--kis_epochs`` then apply)."""
+    if not args.iterations:
+        return None
+    from common.data.datalist import training_items
+
+    budget = None if block.budget == "all" else int(block.budget)
+    unlabelled = "rest" if ROWS[row].distils and block.budget != "all" else "none"
+    items = training_items(args.dataset_dir, label_budget=budget, budget_seed=args.budget_seed,
+                           unlabelled=unlabelled, check=False)  # fmt: skip
+    batch = int(args.row_overrides.get("students", {}).get("batch_size", _bundle_default("batch_size")))
+    per_epoch = math.ceil(len(items) / batch)
+    epochs = max(2, math.ceil(args.iterations / per_epoch))
+    return epochs, max(1, min(epochs - 1, round(args.kis_fraction * epochs)))
+
+
+def cache_job(block: Block, args: argparse.Namespace) -> jobs.Job:
+    """Fill the teacher cache of a block's students once, before they start (teacher_lora's ``cache.json``: the
+    trained teacher's logits of every training image at the students' size), so parallel student runs read it
+    instead of each running the teacher."""
+    root = block.teacher_root
+    cmd = bundle_cmd([TEACHER_CONFIGS / "inference.json", TEACHER_CONFIGS / "cache.json"])
+    cmd += ["--bundle_root", str(root), "--dataset_dir", args.dataset_dir, "--num_workers", "0"]
+    cmd += ["--ckpt_path", str(root / "models" / "model_merged.pt"), "--teacher_arch", args.teacher_arch]
+    cmd += ["--image_size", str(args.teacher_image_size), "--teacher_cache_dir", str(Path(args.out) / "teacher_cache")]
+    cmd += ["--cache_size", str(args.image_size or _bundle_default("image_size"))]
+    marker = root / "cache_filled.json"
+    return jobs.Job(f"{block.prefix}teacher_cache", "fill the teacher cache", cmd, [], marker=marker,
+                    needs=(f"{block.prefix}teacher",), log=root / "cache.log")  # fmt: skip
+
+
 def student_overrides(block: Block, row: str, seed: int, args: argparse.Namespace) -> dict[str, object]:
     """The bundle overrides of one student run: sizes, the teacher of its block, its label budget, then the
     ``students`` and the row's own ``--row_overrides``."""
@@ -201,6 +234,9 @@ def student_overrides(block: Block, row: str, seed: int, args: argparse.Namespac
     overrides.update(_budget_overrides(block.budget, args))
     # the other training subjects' images, labelled by the teacher, for a row that learns from it under a budget
     overrides["unlabelled"] = "rest" if ROWS[row].distils and block.budget != "all" else "none"
+    sized = run_epochs(block, row, args)
+    if sized is not None:
+        overrides["epochs"], overrides["kis_epochs"] = sized
     return {**_sized(overrides), **args.row_overrides.get("students", {}), **args.row_overrides.get(row, {})}
 
 
@@ -210,10 +246,12 @@ def plan(args: argparse.Namespace) -> list[jobs.Job]:
     todo: list[jobs.Job] = []
     for block in blocks(args):
         todo += teacher_jobs(block, args)
+        if not block.given_teacher and any(ROWS[r].distils for r in args.rows):
+            todo.append(cache_job(block, args))
         for row in args.rows:
             configs = [CONFIGS / "train.json", *(CONFIGS / v for v in ROWS[row].variants)]
             evaluate = configs + [CONFIGS / "evaluate.json"]
-            needs = (f"{block.prefix}teacher",) if ROWS[row].distils and not block.given_teacher else ()
+            needs = (f"{block.prefix}teacher_cache",) if ROWS[row].distils and not block.given_teacher else ()
             for seed in _seeds(row, args):
                 overrides = student_overrides(block, row, seed, args)
                 key = f"{block.prefix}{row}/seed{seed}"
@@ -484,6 +522,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budget_seed", type=int, default=0, help="seed of the draw of the labelled subjects")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--kis_epochs", type=int, default=None)
+    p.add_argument("--iterations", type=int, default=None, help="optimiser steps of every student run (sets its "
+                   "epochs from its epoch length; overrides --epochs/--kis_epochs)")  # fmt: skip
+    p.add_argument("--kis_fraction", type=float, default=2 / 3, help="with --iterations: KIS's share of the epochs")
     p.add_argument("--image_size", type=int, default=None, help="the student's input size (default: the bundle's)")
     p.add_argument("--teacher_arch", default="litemedsam")
     p.add_argument("--teacher_ckpt", default="data/weights/lite_medsam.pth", help="the teacher's base weights")

@@ -270,6 +270,7 @@ def training_items(
     unlabelled_dirs: Sequence[str | Path] = (),
     labelled_fraction: float = 0.5,
     fold: int | None = None,
+    check: bool = True,
 ) -> list[dict]:
     """The training items of a student or teacher: the labelled items of ``label_budget`` subjects (None: all; see
     :func:`subject_budget`) and, for distillation with unlabelled images, images without labels (``{"image"}``):
@@ -279,7 +280,7 @@ def training_items(
     prediction stands in for the label of an unlabelled image (:class:`common.data.transforms.PseudoLabeld`)."""
     if unlabelled not in ("none", "rest"):
         raise DataError(f"unlabelled must be 'none' or 'rest', got '{unlabelled}'.")
-    items = load_datalist(dataset_dir, "training", num_classes, dim=dim, in_channels=in_channels, fold=fold)
+    items = load_datalist(dataset_dir, "training", num_classes, check, dim=dim, in_channels=in_channels, fold=fold)
     labelled, rest = (items, []) if label_budget is None else subject_budget(items, label_budget, budget_seed)
     extra = (
         [{"image": item["image"], "subject": str(item.get("subject", ""))} for item in rest]

@@ -32,7 +32,7 @@ def _name(tensor) -> str:
 def format_table(summary: dict) -> str:
     """A Markdown table of a :func:`common.evaluation.summarize` result."""
     rows = [
-        "| class | Dice (mean ± std) | HD95 mm (mean ± std) | global Dice | cases scored |",
+        "| class | Dice (mean ± std) | HD95 (mean ± std; mm, pixels where the spacing is unknown) | global Dice | cases scored |",
         "|---|---|---|---|---|",
     ]
     for name, c in summary["classes"].items():

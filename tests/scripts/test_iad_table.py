@@ -39,9 +39,9 @@ def test_plan_trains_a_teacher_per_budget_then_every_row_and_seed_with_its_overr
     runs = [f"{row}/seed{s}" for row in ("student_only", "kd") for s in (0, 1)]
     expected = []
     for budget in ("8", "all"):
-        expected += [f"budget_{budget}/teacher", f"budget_{budget}/teacher/evaluate"]
+        expected += [f"budget_{budget}/teacher", f"budget_{budget}/teacher/evaluate", f"budget_{budget}/teacher_cache"]
         expected += [f"budget_{budget}/{r}{e}" for r in runs for e in ("", "/evaluate")]
-    assert keys == expected  # budgets x rows x seeds, each block's teacher first
+    assert keys == expected  # budgets x rows x seeds, each block's teacher and its cache first
     job = {j.key: j for j in todo}
     out = tmp_path / "out"
 
@@ -60,7 +60,11 @@ def test_plan_trains_a_teacher_per_budget_then_every_row_and_seed_with_its_overr
 
     kd = job["budget_8/kd/seed1"]
     root = out / "budget_8" / "kd" / "seed1"
-    assert kd.needs == ("budget_8/teacher",) and kd.marker == root / "train_time.json"
+    assert kd.needs == ("budget_8/teacher_cache",) and kd.marker == root / "train_time.json"
+    cache = job["budget_8/teacher_cache"]  # the teacher's logits of every training image, once, before the students
+    assert cache.needs == ("budget_8/teacher",) and "cache.json" in cache.cmd[5]
+    assert _opt(cache.cmd, "--ckpt_path") == str(out / "budget_8" / "teacher" / "models" / "model_merged.pt")
+    assert _opt(cache.cmd, "--teacher_cache_dir") == _opt(kd.cmd, "--teacher_cache_dir")
     assert "iad_student/configs/train.json" in kd.cmd[5] and "kd.json" in kd.cmd[5]
     assert _opt(kd.cmd, "--bundle_root") == str(root) and _opt(kd.cmd, "--seed") == "1"
     assert _opt(kd.cmd, "--label_budget") == "8" and _opt(kd.cmd, "--unlabelled") == "rest"
@@ -76,7 +80,7 @@ def test_plan_trains_a_teacher_per_budget_then_every_row_and_seed_with_its_overr
     assert alone.needs == ()  # the student alone reads nothing of the teacher
     kd_all = job["budget_all/kd/seed0"]
     assert _opt(kd_all.cmd, "--label_budget") == "$None" and _opt(kd_all.cmd, "--unlabelled") == "none"
-    assert kd_all.needs == ("budget_all/teacher",)
+    assert kd_all.needs == ("budget_all/teacher_cache",)
     assert _opt(kd_all.cmd, "--teacher_adapter") == str(out / "budget_all" / "teacher" / "models" / "adapter.pt")
 
     single = iad_table.plan(_args(tmp_path, "--budgets", "8", "--single_seed_rows", "kd", "--no_teacher_row"))
@@ -141,7 +145,9 @@ def test_resuming_skips_the_finished_jobs(tmp_path, capsys):
     (teacher / "train_time.json").write_text(json.dumps({"seconds": 60.0, "command": []}))
     assert [j.key for j in todo if j.done] == ["budget_8/teacher"]
     (teacher / "eval" / "metrics_summary.json").write_text("{}")
-    assert [j.key for j in iad_table.plan(args) if j.done] == ["budget_8/teacher", "budget_8/teacher/evaluate"]
+    (teacher / "cache_filled.json").write_text(json.dumps({"seconds": 5.0}))
+    done = [j.key for j in iad_table.plan(args) if j.done]
+    assert done == ["budget_8/teacher", "budget_8/teacher/evaluate", "budget_8/teacher_cache"]
     for job in todo:  # every run finished: nothing is left to run
         for path in [*job.outputs, *([job.marker] if job.marker else [])]:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -152,7 +158,7 @@ def test_resuming_skips_the_finished_jobs(tmp_path, capsys):
         ["--out", args.out, "--dataset_dir", "D", "--budgets", "8", "--rows", "kd", "--seeds", "5", "--plan"]
     )
     printed = capsys.readouterr().out
-    assert "[done] budget_8/teacher\n" in printed and "[todo] budget_8/kd/seed5  (after budget_8/teacher)" in printed
+    assert "[done] budget_8/teacher\n" in printed and "[todo] budget_8/kd/seed5  (after budget_8/teacher_cache)" in printed
 
 
 CLASSES = ["optic disc", "optic cup"]
@@ -262,3 +268,18 @@ def test_collect_and_table_give_the_paired_bootstrap_of_common_stats(tmp_path, c
     assert table["blocks"]["8"]["statistics"]["kd"]["dice"]["mean"] == pytest.approx(dice["kd"]["mean"])
     assert table["results"]["student_only"][1]["train_seconds"] == 120.0  # what pipeline_report.py reads
     assert table["classes"] == CLASSES and table["sizes"]["teacher"]["params"] == 9.7e6
+
+
+def test_iterations_give_every_row_the_same_number_of_steps(tmp_path):
+    """With --iterations, a row that sees the unlabelled images (longer epochs) gets fewer epochs than the student
+    alone, so both make about the same number of optimiser steps; KIS takes --kis_fraction of them."""
+    from common.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "d", num_items=(8, 1, 1), size=16)
+    args = _args(tmp_path, "--budgets", "2", "--iterations", "12", "--row_overrides", "students:batch_size=2")
+    args.dataset_dir = str(data)
+    job = {j.key: j for j in iad_table.plan(args)}
+    alone, kd = job["budget_2/student_only/seed0"], job["budget_2/kd/seed0"]
+    assert _opt(alone.cmd, "--epochs") == "12"  # 2 labelled items, batch 2: 1 step per epoch
+    # kd: 6 unlabelled + the 2 labelled repeated 3 times = 12 items, 6 steps per epoch: 2 epochs, KIS 1 of them
+    assert _opt(kd.cmd, "--epochs") == "2" and _opt(kd.cmd, "--kis_epochs") == "1"

@@ -322,8 +322,11 @@ def _build_modules(
     )
 
 
+OFFICIAL_MASK_TOKENS = 4  # SAM's and (Lite)MedSAM's released decoders: 3 multimask outputs + 1
+
+
 def _adapt_state_dict(
-    state: dict[str, torch.Tensor], model: SamTeacher, arch: TeacherArch
+    state: dict[str, torch.Tensor], model: SamTeacher, arch: TeacherArch, fine_tuned: bool | None = None
 ) -> tuple[dict[str, torch.Tensor], list[str]]:
     """Make a SAM checkpoint fit the model's input size and class count; return the new dict and what changed.
 
@@ -332,6 +335,11 @@ def _adapt_state_dict(
     - mask tokens, their hyper-network MLPs and the IoU head's last layer: token i starts from pretrained token
       i mod n, n the number of tokens the checkpoint actually trained (SAM: 4; MedSAM/LiteMedSAM: 1, its tokens
       1-3 are untrained and give near-constant masks), so every class starts from a trained mask token.
+
+    A fine-tuned teacher (``model_merged.pt``: K tokens, every one trained for its class) is loaded as it is:
+    ``fine_tuned`` True, or None to recognise it by its K ≠ 4 tokens matching the model's K (a fine-tuned 4-class
+    teacher cannot be told from an official checkpoint: pass ``fine_tuned=True``). Replicating token 0 over such a
+    checkpoint would erase every class but the first.
     """
     own = model.state_dict()
     out = dict(state)
@@ -358,7 +366,9 @@ def _adapt_state_dict(
                     notes.append(f"{key} {tuple(state[key].shape)} -> {tuple(own[key].shape)}")
     n_ckpt = state["mask_decoder.mask_tokens.weight"].shape[0] if "mask_decoder.mask_tokens.weight" in state else 0
     k = model.num_classes
-    n_trained = min(n_ckpt, arch.trained_mask_tokens)
+    if fine_tuned is None:
+        fine_tuned = n_ckpt == k and n_ckpt != OFFICIAL_MASK_TOKENS
+    n_trained = n_ckpt if fine_tuned else min(n_ckpt, arch.trained_mask_tokens)
     if n_ckpt and (n_ckpt != k or n_trained < n_ckpt):
         rows = torch.arange(k) % n_trained
         out["mask_decoder.mask_tokens.weight"] = state["mask_decoder.mask_tokens.weight"][rows]
@@ -380,11 +390,14 @@ def _adapt_state_dict(
     return out, notes
 
 
-def load_teacher_checkpoint(model: SamTeacher, path: str | Path, arch_name: str) -> list[str]:
-    """Load an official ``sam_vit_*.pth`` / ``lite_medsam.pth`` into ``model`` (before LoRA), strictly after
-    :func:`_adapt_state_dict`; a checkpoint of another architecture gets a short, clear error."""
+def load_teacher_checkpoint(
+    model: SamTeacher, path: str | Path, arch_name: str, fine_tuned: bool | None = None
+) -> list[str]:
+    """Load an official ``sam_vit_*.pth`` / ``lite_medsam.pth`` or a fine-tuned ``model_merged.pt`` into ``model``
+    (before LoRA), strictly after :func:`_adapt_state_dict`; a checkpoint of another architecture gets a short,
+    clear error."""
     state = read_state_dict(path, "teacher_ckpt")
-    state, notes = _adapt_state_dict(state, model, TEACHER_ARCHS[arch_name])
+    state, notes = _adapt_state_dict(state, model, TEACHER_ARCHS[arch_name], fine_tuned)
     problem = mismatch_report(model.state_dict(), state)
     if problem:
         raise CheckpointError(
@@ -410,6 +423,7 @@ def build_teacher(
     channel_mode: str = "auto",
     encoder: str = "lora",
     embedding_cache_dir: str | Path | None = None,
+    fine_tuned_checkpoint: bool | None = None,
 ) -> SamTeacher:
     """Build the teacher: base weights from ``checkpoint`` (None: random init), LoRA on the image encoder.
 
@@ -431,6 +445,8 @@ def build_teacher(
         encoder: ``lora`` (LoRA on the image encoder, METHODS.md §1) or ``frozen`` (no LoRA: the encoder stays as
             the checkpoint has it, the prompt encoder and mask decoder train; with ``embedding_cache_dir`` the
             encoder then runs once per image, :class:`EmbeddingCache`).
+        fine_tuned_checkpoint: ``checkpoint`` is a fine-tuned teacher whose K mask tokens all load as they are
+            (None: recognised by its token count, see :func:`_adapt_state_dict`).
         embedding_cache_dir: where the encoder's embeddings are kept while it is frozen (``encoder="frozen"``, or
             the teacher of a student, whose weights never train); None: no cache.
     """
@@ -442,7 +458,7 @@ def build_teacher(
     checkpoint, adapter = optional_path(checkpoint), optional_path(adapter)
     model = _build_modules(spec, image_size or spec.image_size, num_classes, in_channels, channel_mode)
     if checkpoint:
-        load_teacher_checkpoint(model, checkpoint, arch)
+        load_teacher_checkpoint(model, checkpoint, arch, fine_tuned_checkpoint)
     if encoder not in ("lora", "frozen"):
         raise InputError(f"teacher encoder must be 'lora' or 'frozen', got '{encoder}'.")
     rank = spec.lora_rank if lora_rank is None else lora_rank

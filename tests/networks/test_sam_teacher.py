@@ -195,7 +195,9 @@ def test_frozen_encoder_and_its_embedding_cache(tmp_path):
 
     teacher = build_teacher("test", num_classes=2, encoder="frozen", embedding_cache_dir=tmp_path).train()
     trainable = {n.split(".")[0] for n, p in teacher.named_parameters() if p.requires_grad}
-    assert trainable == {"prompt_encoder", "mask_decoder"} and not any("lora_" in n for n, _ in teacher.named_parameters())
+    assert trainable == {"prompt_encoder", "mask_decoder"} and not any(
+        "lora_" in n for n, _ in teacher.named_parameters()
+    )
     assert not teacher.image_encoder.training
     x = MetaTensor(torch.rand(2, 1, 64, 64))
     first = teacher.forward_features(x)["embedding"]
@@ -210,3 +212,24 @@ def test_frozen_encoder_and_its_embedding_cache(tmp_path):
     lora = build_teacher("test", num_classes=2, embedding_cache_dir=tmp_path / "lora").train()
     lora.forward_features(torch.rand(1, 1, 64, 64))
     assert not (tmp_path / "lora").exists()  # a LoRA encoder trains: no cache
+
+
+@pytest.mark.parametrize("num_classes", [2, 3, 5])
+def test_a_fine_tuned_merged_teacher_loads_as_it_was_saved(tmp_path, sample_data_dir, num_classes):
+    """A fine-tuned LiteMedSAM teacher saved merged (model_merged.pt) and given as a checkpoint keeps every class's
+    mask token: the official checkpoint's 'only token 0 is trained' rule must not overwrite them (it did, and
+    erased every class but the first of the teacher that TS-KD pre-training read)."""
+    from common.networks.lora import save_merged
+
+    torch.manual_seed(0)
+    weights = sample_data_dir / "weights" / "lite_medsam.pth"
+    teacher = build_teacher("litemedsam", checkpoint=weights, image_size=64, num_classes=num_classes).eval()
+    with torch.no_grad():
+        for p in teacher.mask_decoder.parameters():
+            p.add_(0.01 * torch.randn_like(p))  # as fine-tuning leaves it
+    save_merged(teacher, tmp_path / "merged.pt")
+    loaded = build_teacher("litemedsam", checkpoint=tmp_path / "merged.pt", image_size=64, num_classes=num_classes,
+                           lora_rank=0).eval()  # fmt: skip
+    x = torch.rand(1, 1, 64, 64)
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), teacher(x), atol=1e-5)

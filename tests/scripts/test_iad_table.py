@@ -158,7 +158,9 @@ def test_resuming_skips_the_finished_jobs(tmp_path, capsys):
         ["--out", args.out, "--dataset_dir", "D", "--budgets", "8", "--rows", "kd", "--seeds", "5", "--plan"]
     )
     printed = capsys.readouterr().out
-    assert "[done] budget_8/teacher\n" in printed and "[todo] budget_8/kd/seed5  (after budget_8/teacher_cache)" in printed
+    assert (
+        "[done] budget_8/teacher\n" in printed and "[todo] budget_8/kd/seed5  (after budget_8/teacher_cache)" in printed
+    )
 
 
 CLASSES = ["optic disc", "optic cup"]

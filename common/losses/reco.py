@@ -42,6 +42,7 @@ __all__ = [
 ]
 
 RELATIONS = ("mse", "affinity")
+PARTS = ("sard", "ca")  # MS-SARD: the fg, bg and att terms; MS-CA: the rel term
 
 
 def stage_weights(num_stages: int, alpha: float = 0.4) -> list[float]:
@@ -207,6 +208,8 @@ class ReCoKDLoss(nn.Module):
         L_rel,k = relation(GC_s,k(F_s), GC_t,k(F_t))      (:class:`GlobalContextBlock`, :func:`relation_loss`)
 
     and returns ``{"fg": Σ_k w_k L_fg,k, "bg": ..., "att": ..., "rel": ...}`` (λ(e) is the engine's term weight).
+    ``parts`` keeps MS-SARD (``"sard"``: fg, bg, att) and/or MS-CA (``"ca"``: rel) for the ablations; a dropped part
+    is neither computed nor returned, and without MS-CA no global-context block is built.
 
     Args:
         student_channels: the student's channels per stage (``network.feature_channels``).
@@ -217,6 +220,7 @@ class ReCoKDLoss(nn.Module):
         context_ratio: hidden width of the global-context transform, as a fraction of the channels (0.5).
         relation: ``"mse"`` or ``"affinity"`` (C×C cosine-affinity MSE).
         spatial_dims: 3 or 2.
+        parts: the parts of the method kept, a non-empty subset of ``("sard", "ca")`` (both by default).
 
     The alignment convolutions and the two global-context blocks of each stage are trainable: give this module's
     parameters to the optimiser and save them with the student (``collect_loss_modules`` does both in the configs).
@@ -232,8 +236,12 @@ class ReCoKDLoss(nn.Module):
         context_ratio: float = 0.5,
         relation: str = "mse",
         spatial_dims: int = 3,
+        parts: Sequence[str] = PARTS,
     ) -> None:
         super().__init__()
+        self.parts = tuple(dict.fromkeys(parts))
+        if not self.parts or any(p not in PARTS for p in self.parts):
+            raise ValueError(f"parts must be a non-empty subset of {PARTS}, got {list(parts)!r}")
         if len(student_channels) != len(teacher_channels):
             raise ValueError(f"student has {len(student_channels)} stages, teacher {len(teacher_channels)}")
         if relation not in RELATIONS:
@@ -243,12 +251,9 @@ class ReCoKDLoss(nn.Module):
             conv(cs, ct, kernel_size=1) if cs != ct else nn.Identity()
             for cs, ct in zip(student_channels, teacher_channels)
         )
-        self.context_student = nn.ModuleList(
-            GlobalContextBlock(c, context_ratio, spatial_dims) for c in teacher_channels
-        )
-        self.context_teacher = nn.ModuleList(
-            GlobalContextBlock(c, context_ratio, spatial_dims) for c in teacher_channels
-        )
+        context = teacher_channels if "ca" in self.parts else []
+        self.context_student = nn.ModuleList(GlobalContextBlock(c, context_ratio, spatial_dims) for c in context)
+        self.context_teacher = nn.ModuleList(GlobalContextBlock(c, context_ratio, spatial_dims) for c in context)
         self.num_classes = int(num_classes)
         self.temperature = float(temperature)
         self.relation = relation
@@ -271,15 +276,15 @@ class ReCoKDLoss(nn.Module):
             ft = teacher_features[k].detach().to(fs.dtype)
             if fs.shape != ft.shape:
                 raise ValueError(f"stage {k}: student {tuple(fs.shape)} (aligned) vs teacher {tuple(ft.shape)}")
-            s_t, c_t = attention_maps(ft, self.temperature)
-            fg, bg = region_masks(label, ft.shape[2:], self.num_classes)
-            rel = relation_loss(self.context_student[k](fs), self.context_teacher[k](ft), self.relation)
-            stage = {
-                "fg": region_loss(fs, ft, fg.to(fs.dtype), s_t, c_t),
-                "bg": region_loss(fs, ft, bg.to(fs.dtype), s_t, c_t),
-                "att": attention_loss(fs, ft, self.temperature),
-                "rel": rel,
-            }
+            stage = {}
+            if "sard" in self.parts:
+                s_t, c_t = attention_maps(ft, self.temperature)
+                fg, bg = region_masks(label, ft.shape[2:], self.num_classes)
+                stage["fg"] = region_loss(fs, ft, fg.to(fs.dtype), s_t, c_t)
+                stage["bg"] = region_loss(fs, ft, bg.to(fs.dtype), s_t, c_t)
+                stage["att"] = attention_loss(fs, ft, self.temperature)
+            if "ca" in self.parts:
+                stage["rel"] = relation_loss(self.context_student[k](fs), self.context_teacher[k](ft), self.relation)
             w = self.stage_weights[k].to(fs.dtype)
             for key, value in stage.items():
                 terms[key] = terms[key] + w * value if key in terms else w * value

@@ -341,3 +341,29 @@ def test_reco_loss_rejects_mismatched_stages() -> None:
         loss_fn([student[0], torch.randn(2, 4, 3, 3, 3)], teacher, LABEL)
     with pytest.raises(ValueError):
         ReCoKDLoss([2], [3, 4], num_classes=3)
+
+
+@pytest.mark.parametrize("parts, keys", [(["sard"], {"fg", "bg", "att"}), (["ca"], {"rel"})])
+def test_reco_loss_parts_drop_a_term_family_and_keep_the_others_values(parts: list[str], keys: set[str]) -> None:
+    """The ablations MS-SARD only / MS-CA only: the kept terms equal the full loss's, the dropped ones are gone."""
+    torch.manual_seed(0)
+    full = ReCoKDLoss([2, 4], [3, 4], num_classes=3)
+    randomise(full)
+    part = ReCoKDLoss([2, 4], [3, 4], num_classes=3, parts=parts)
+    part.load_state_dict(full.state_dict(), strict=False)  # the same alignment (and context) weights
+    student, teacher = _stage_features()
+    expected, out = full(student, teacher, LABEL), part(student, teacher, LABEL)
+    assert set(out) == keys
+    for key in keys:
+        assert out[key].item() == pytest.approx(expected[key].item(), rel=1e-6), key
+    has_context = any(n.startswith("context_") for n, _ in part.named_parameters())
+    assert has_context == ("ca" in parts)  # no unused global-context block without MS-CA
+    sum(out.values()).backward()
+    assert all(p.grad is not None for p in part.parameters())
+
+
+def test_reco_loss_parts_default_is_the_whole_method_and_bad_parts_are_refused() -> None:
+    assert ReCoKDLoss([2], [3], num_classes=3).parts == ("sard", "ca")
+    for bad in ([], ["sard", "kd"]):
+        with pytest.raises(ValueError, match="parts"):
+            ReCoKDLoss([2], [3], num_classes=3, parts=bad)

@@ -3,6 +3,7 @@
 METHODS.md §3: patch 16, hidden 192, 12 blocks, 3 heads, MLP 768; the neck (1×1 conv 192→256, LayerNorm2d, 3×3 conv,
 LayerNorm2d, as in SAM's image encoder) gives a 256×(s/16)² embedding that feature distillation aligns with the
 teacher's image embedding; the decoder upsamples it ×2 per block back to the input size and predicts K logits.
+``patch_size`` 8 gives a finer (s/8)² token grid (16×16 at 128 px) and one ×2 decoder block less.
 ``forward`` returns the logits (inference, validation); ``forward_features`` also returns the embedding and the
 blocks' hidden states for the distillation losses.
 """
@@ -20,7 +21,19 @@ from common.checkpoints import load_checked, optional_path
 from common.errors import CheckpointError, InputError
 from common.networks.tiny_vit import LayerNorm2d
 
-__all__ = ["ViTStudent", "build_vit_student"]
+__all__ = ["ViTStudent", "build_vit_student", "DECODER_CHANNELS", "decoder_channels"]
+
+# The decoder's channels at patch 16, by output resolution: s/8, s/4, s/2, s.
+DECODER_CHANNELS = (128, 64, 32, 16)
+
+
+def decoder_channels(patch_size: int) -> tuple[int, ...]:
+    """The decoder of a ``patch_size`` student: the last log2(patch_size) entries of :data:`DECODER_CHANNELS`, so each
+    output resolution has the channels it has at patch 16 (patch 8: 64, 32, 16 at s/4, s/2, s)."""
+    blocks = int(patch_size).bit_length() - 1
+    if patch_size < 2 or 2**blocks != patch_size or blocks > len(DECODER_CHANNELS):
+        raise InputError(f"patch_size must be a power of two from 2 to 16 (8 or 16 for ViT-Tiny), got {patch_size}.")
+    return DECODER_CHANNELS[-blocks:]
 
 
 def _up_block(c_in: int, c_out: int) -> nn.Sequential:
@@ -58,7 +71,7 @@ class ViTStudent(nn.Module):
         num_heads: int = 3,
         mlp_dim: int = 768,
         embed_dim: int = 256,
-        decoder_channels: Sequence[int] = (128, 64, 32, 16),
+        decoder_channels: Sequence[int] = DECODER_CHANNELS,
     ) -> None:
         super().__init__()
         if image_size % patch_size:
@@ -123,17 +136,28 @@ def build_vit_student(
     in_channels: int = 1,
     preset: str = "tiny",
     pretrained: str | None = None,
+    patch_size: int = 16,
 ) -> ViTStudent:
     """Build the student: ``preset`` ``tiny`` (ViT-Tiny, METHODS.md §3) or ``test`` (2 blocks of width 32, for tests);
+    ``patch_size`` 16 (METHODS.md §3) or 8 (a 4× longer token sequence, the decoder of :func:`decoder_channels`);
     ``pretrained`` loads a TS-KD pre-training checkpoint (``model`` of a training checkpoint, or a plain state dict),
-    checked key by key so a checkpoint of another shape stops with a clear error."""
+    checked key by key so a checkpoint of another shape (preset, patch size, image size, classes) stops with a clear
+    error."""
     presets = {
         "tiny": {},
         "test": {"hidden_size": 32, "num_layers": 2, "num_heads": 2, "mlp_dim": 64, "embed_dim": 32},
     }
     if preset not in presets:
         raise InputError(f"student preset must be one of {sorted(presets)}, got '{preset}'.")
-    model = ViTStudent(num_classes, image_size, in_channels, **presets[preset])
+    patch_size = int(patch_size)
+    model = ViTStudent(
+        num_classes,
+        image_size,
+        in_channels,
+        patch_size,
+        decoder_channels=decoder_channels(patch_size),
+        **presets[preset],
+    )
     pretrained = optional_path(pretrained)
     if pretrained:
         if not Path(pretrained).is_file():
@@ -146,7 +170,7 @@ def build_vit_student(
             model,
             pretrained,
             "pre-trained student",
-            f"pre-trained student '{pretrained}' does not fit this student (preset '{preset}', image_size {image_size}, "
-            f"{num_classes} classes)",
+            f"pre-trained student '{pretrained}' does not fit this student (preset '{preset}', patch_size {patch_size}, "
+            f"image_size {image_size}, {num_classes} classes)",
         )
     return model

@@ -1,17 +1,19 @@
-"""Learning-rate schedules named in METHODS.md, and the iteration budget that sizes a run, as named components a
-config references instead of computing them in JSON."""
+"""Learning-rate schedules named in METHODS.md, the iteration budget that sizes a run, and layer-wise lr decay for a
+ViT's parameter groups, as named components a config references instead of computing them in JSON."""
 
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence, Sized
 
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
 
 from common.engines.distillation import Stage, stage_boundaries, total_iterations
 
-__all__ = ["IterationBudget", "warmup_poly_lr", "warmup_poly_schedule"]
+__all__ = ["IterationBudget", "warmup_poly_lr", "warmup_poly_schedule", "layer_decay_param_groups"]
 
 
 def warmup_poly_lr(
@@ -83,3 +85,53 @@ class IterationBudget:
         self.iterations, self.iters_per_epoch = int(iterations), n
         self.val_interval = max(1, min(round(int(val_every) / n), math.ceil(self.iterations / n)))
         self.epochs = self.val_interval * max(1, round(self.iterations / (self.val_interval * n)))
+
+
+def layer_decay_param_groups(
+    network: nn.Module, lr: float, decay: float = 1.0, encoder: str = "vit", neck: Sequence[str] = ("neck",)
+) -> list[dict]:
+    """Optimiser parameter groups with layer-wise lr decay (BEiT, MAE fine-tuning) for a network with a ViT
+    ``encoder`` (MONAI ``ViT``: ``patch_embedding``, ``blocks``, ``norm``).
+
+    With L blocks: block i (0-based, the input side first) gets lr·decay^(L − i), the embeddings (patch and position)
+    lr·decay^(L + 1), and everything after the blocks (the encoder's final norm, the ``neck`` modules, the decoder and
+    head) the full lr. Each group is ``{"params", "lr", "lr_scale", "name"}``; an lr schedule then scales every group
+    alike (``LambdaLR`` multiplies each group's initial lr). The groups are ``embeddings``, ``block_0`` …, ``neck``
+    (encoder norm + neck) and ``decoder`` (the rest), so the encoder side can be frozen group by group.
+
+    ``decay`` 1 is no decay: one group of all parameters, in ``network.parameters()`` order, exactly the plain
+    optimiser (and its checkpoints) of before.
+    """
+    decay = float(decay)
+    if not 0 < decay <= 1:
+        raise ValueError(f"layer_decay must be in (0, 1] (1: off), got {decay}.")
+    if decay == 1:
+        return [{"params": list(network.parameters()), "lr": float(lr), "lr_scale": 1.0, "name": "all"}]
+    block = re.compile(rf"^{re.escape(encoder)}\.blocks\.(\d+)\.")
+    named = list(network.named_parameters())
+    depths = {int(m.group(1)) for name, _ in named if (m := block.match(name))}
+    if not depths:
+        raise ValueError(
+            f"layer decay needs a ViT under '{encoder}' with blocks ('{encoder}.blocks.<i>.'); none found."
+        )
+    layers = max(depths) + 1
+    groups: dict[str, dict] = {}
+
+    def add(key: str, scale: float, param: nn.Parameter) -> None:
+        group = groups.setdefault(key, {"params": [], "lr": float(lr) * scale, "lr_scale": scale, "name": key})
+        group["params"].append(param)
+
+    heads = tuple(f"{n}." for n in (f"{encoder}.norm", *neck))
+    for name, param in named:
+        match = block.match(name)
+        if match:
+            i = int(match.group(1))
+            add(f"block_{i}", decay ** (layers - i), param)
+        elif name.startswith(f"{encoder}.patch_embedding."):
+            add("embeddings", decay ** (layers + 1), param)
+        elif name.startswith(heads):
+            add("neck", 1.0, param)
+        else:
+            add("decoder", 1.0, param)
+    order = ["embeddings", *(f"block_{i}" for i in range(layers)), "neck", "decoder"]
+    return [groups[k] for k in order if k in groups]

@@ -170,7 +170,7 @@ def build_vit_student(
             model,
             pretrained,
             "pre-trained student",
-            f"pre-trained student '{pretrained}' does not fit this student (preset '{preset}', patch_size {patch_size}, "
-            f"image_size {image_size}, {num_classes} classes)",
+            f"pre-trained student '{pretrained}' does not fit this student (preset '{preset}', patch_size "
+            f"{patch_size}, image_size {image_size}, {num_classes} classes)",
         )
     return model

@@ -18,11 +18,13 @@ class FreezeEncoder:
     """Trainer handler: the parameters of ``network``'s ``modules`` get no gradient and no optimiser update during
     the first ``iterations`` iterations of the run, then train like the rest.
 
-    At the start of every iteration up to ``iterations`` (1-based, so a resumed run stays frozen exactly as long)
-    they have ``requires_grad`` False (no backward through the frozen part either) and ``grad`` None, which every
-    torch optimiser skips (AdamW's decoupled weight decay too); an optimiser group holding only frozen parameters
-    also gets lr 0 for that iteration (the lr schedule sets it again after the step). From iteration
-    ``iterations + 1`` on, ``requires_grad`` is True again. ``iterations`` 0: nothing is frozen.
+    During each iteration up to ``iterations`` (1-based, so a resumed run stays frozen exactly as long) they have
+    ``requires_grad`` False (no backward through the frozen part either) and ``grad`` None, which every torch optimiser
+    skips (AdamW's decoupled weight decay too); an optimiser group holding only frozen parameters also gets lr 0 for
+    the step (the lr schedule sets it again after the step). ``requires_grad`` is True again when the iteration
+    completes, so checkpoints, which leave out parameters that do not require a gradient
+    (:func:`common.handlers.resume.module_state`), always hold the whole network. ``iterations`` 0: nothing is
+    frozen.
     """
 
     def __init__(
@@ -36,38 +38,41 @@ class FreezeEncoder:
             raise ValueError(f"freeze_encoder_iters must be >= 0, got {iterations}.")
         missing = [m for m in modules if not isinstance(getattr(network, m, None), nn.Module)]
         if missing:
-            raise ValueError(
-                f"the network has no module {missing} to freeze (it has {[n for n, _ in network.named_children()]})."
-            )
+            children = [n for n, _ in network.named_children()]
+            raise ValueError(f"the network has no module {missing} to freeze (it has {children}).")
         self.iterations, self.optimizer = int(iterations), optimizer
-        self.params = [p for m in modules for p in getattr(network, m).parameters()]
         self.modules = list(modules)
-        self.frozen = False
+        self.params = [p for m in self.modules for p in getattr(network, m).parameters()]
         self.logger = logging.getLogger(__name__)
 
     def attach(self, engine: Engine) -> None:
         if self.iterations > 0:
-            engine.add_event_handler(Events.ITERATION_STARTED, self)
+            engine.add_event_handler(Events.ITERATION_STARTED, self.freeze)
+            engine.add_event_handler(Events.ITERATION_COMPLETED, self.release)
 
-    def _set(self, frozen: bool, iteration: int) -> None:
-        for p in self.params:
-            p.requires_grad_(not frozen)
-        if frozen != self.frozen:
-            state = f"frozen for iterations 1-{self.iterations}" if frozen else "trained from now on"
-            self.logger.info("Iteration %d: %s %s.", iteration, " + ".join(self.modules), state)
-        self.frozen = frozen
+    def frozen(self, engine: Engine) -> bool:
+        """Whether the engine's current iteration is one of the first ``iterations``."""
+        return engine.state.iteration <= self.iterations
 
-    def __call__(self, engine: Engine) -> None:
-        iteration = engine.state.iteration
-        frozen = iteration <= self.iterations
-        if frozen or self.frozen:
-            self._set(frozen, iteration)
-        if not frozen:
+    def freeze(self, engine: Engine) -> None:
+        if not self.frozen(engine):
+            if engine.state.iteration == self.iterations + 1:
+                self.logger.info(
+                    "Iteration %d: %s train from now on.", engine.state.iteration, " + ".join(self.modules)
+                )
             return
+        if engine.state.iteration == 1:
+            self.logger.info("%s frozen for iterations 1-%d.", " + ".join(self.modules), self.iterations)
         for p in self.params:
+            p.requires_grad_(False)
             p.grad = None
         if self.optimizer is not None:
             ids = {id(p) for p in self.params}
             for group in self.optimizer.param_groups:
                 if all(id(p) in ids for p in group["params"]):
                     group["lr"] = 0.0
+
+    def release(self, engine: Engine) -> None:
+        if self.frozen(engine):
+            for p in self.params:
+                p.requires_grad_(True)

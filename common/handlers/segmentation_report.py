@@ -62,7 +62,10 @@ class SegmentationReport:
     :func:`common.data.transforms.discretize`); spacing and case names come from the label's metadata, the
     ``subject`` and the ``roi`` mask (scores inside it only, e.g. DRIVE's field of view) from the batch item when it
     has them. ``regions`` (name → class values, e.g. BraTS ``{"whole tumour": [1, 2, 3, 4]}``) are scored after the
-    classes, as unions of their classes. ``cldice`` adds clDice per class (thin structures).
+    classes, as unions of their classes. ``cldice`` adds clDice per class (thin structures). ``foreground_counts``
+    appends, after the existing columns, ``pred_sum_<class>`` and ``label_sum_<class>``: the pixels (voxels) of each
+    class in the prediction and in the label, inside the roi (a run whose ``pred_sum`` columns are all 0 predicted
+    background everywhere).
     """
 
     def __init__(
@@ -77,6 +80,7 @@ class SegmentationReport:
         cldice: bool = False,
         roi_key: str = "roi",
         subject_key: str = "subject",
+        foreground_counts: bool = False,
     ) -> None:
         self.output_dir = Path(output_dir)
         self.regions = dict(regions or {})
@@ -85,6 +89,7 @@ class SegmentationReport:
             raise InputError(f"region names {sorted(clash)} are also class names: name regions differently.")
         self.class_names = list(class_names) + list(self.regions)
         self.cldice = cldice
+        self.foreground_counts = bool(foreground_counts)
         self.roi_key, self.subject_key = roi_key, subject_key
         self.pred_key, self.label_key = pred_key, label_key
         self.include_background = include_background
@@ -130,9 +135,12 @@ class SegmentationReport:
         with open(self.output_dir / f"{self.prefix}_per_case.csv", "w", newline="") as f:
             writer = csv.writer(f)
             metrics = ["dice", "hd95", "sensitivity"] + (["cldice"] if self.cldice else [])
-            writer.writerow(["case"] + [f"{m}_{n}" for m in metrics for n in self.class_names] + ["subject"])
+            counts = ["pred_sum", "label_sum"] if self.foreground_counts else []
+            head = ["case"] + [f"{m}_{n}" for m in metrics for n in self.class_names] + ["subject"]
+            writer.writerow(head + [f"{m}_{n}" for m in counts for n in self.class_names])
             for name, case, subject in zip(self.names, self.cases, self.subjects):
-                writer.writerow([name] + [_fmt(v) for m in metrics for v in case[m]] + [subject])
+                row = [name] + [_fmt(v) for m in metrics for v in case[m]] + [subject]
+                writer.writerow(row + [int(v) for m in counts for v in case[m]])
         with open(self.output_dir / f"{self.prefix}_summary.json", "w") as f:
             json.dump(_finite(self.summary), f, indent=2)
         table = format_table(self.summary)

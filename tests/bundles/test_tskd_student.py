@@ -74,6 +74,10 @@ def test_pretrain_then_finetune_evaluate_and_infer(setup):
     run(config_file=_cfg("train.json", "evaluate.json"), bundle_root=str(bundle), **o)
     summary = json.loads((bundle / "eval" / "metrics_summary.json").read_text())
     assert summary["num_cases"] == 2 and set(summary["classes"]) == {"class1", "class2"}
+    header, *rows = (bundle / "eval" / "metrics_per_case.csv").read_text().splitlines()
+    # the foreground counts come after the usual columns (a run that predicts background everywhere has pred_sum 0)
+    assert header.endswith(",subject,pred_sum_class1,pred_sum_class2,label_sum_class1,label_sum_class2")
+    assert all(float(v) >= 0 and float(v).is_integer() for row in rows for v in row.split(",")[-4:])
 
     run(config_file=_cfg("inference.json"), bundle_root=str(bundle), dataset_dir=o["dataset_dir"], image_size=64,
         num_workers=0, student_preset="test")  # fmt: skip
@@ -116,3 +120,100 @@ def test_inference_config_verifies():
         device="cpu",
         student_preset="test",
     )
+
+
+def _parser(*names: str, **overrides):
+    from monai.bundle import ConfigParser
+
+    parser = ConfigParser()
+    parser.read_config(_cfg(*names))
+    parser.update(overrides)
+    return parser
+
+
+def test_train_json_is_teacher_free_and_the_remedies_are_off_by_default(setup):
+    root, _, o, _ = setup
+    parser = _parser("train.json", bundle_root=str(root / "defaults"), pretrained="$None", **o)
+    assert not [k for k in parser.get() if k.startswith("teacher")]
+    assert parser.get("freeze_encoder_iters") == 0 and parser.get("layer_decay") == 1.0
+    assert parser.get("finetune_distill_weight") == 0.0 and parser.get("label_budget") is None
+    assert parser.get_parsed_content("stages")[0]["terms"] == {}  # no distillation term, so no teacher needed
+    optimizer = parser.get_parsed_content("optimizer")
+    assert len(optimizer.param_groups) == 1  # the single group of before
+    # a weight > 0 without finetune_distill.json is an error, not a silently ignored option
+    with pytest.raises(Exception) as err:
+        run(config_file=_cfg("train.json"), bundle_root=str(root / "no_teacher"), pretrained="$None", iterations=1,
+            finetune_distill_weight=0.5, **o)  # fmt: skip
+    causes = [err.value]
+    while causes[-1].__cause__ is not None:
+        causes.append(causes[-1].__cause__)
+    assert any("needs ['teacher_logits'] but there is no teacher" in str(c) for c in causes)
+
+
+def test_finetune_distill_keeps_train_json_preprocessing_and_pretrain_teacher():
+    """The variant adds the teacher of pretrain.json (same ids, same values) and the cached logits to the fine-tuning
+    preprocessing, which is train.json's otherwise: they cannot drift apart."""
+    train, variant, pretrain = (json.loads((CONFIGS / n).read_text()) for n in ("train.json", "finetune_distill.json",
+                                                                                  "pretrain.json"))  # fmt: skip
+    for key, value in variant.items():
+        if key.startswith("teacher") and key in pretrain and key != "teacher_cache":
+            assert value == pretrain[key], key
+    assert {k: v for k, v in variant["teacher_cache"].items() if k != "outputs"} == {
+        k: v for k, v in pretrain["teacher_cache"].items() if k != "outputs"
+    }
+    assert variant["fill_teacher_cache"] == pretrain["fill_teacher_cache"]
+
+    def without_teacher(transform: dict) -> dict:
+        t = {k: v for k, v in transform.items() if k != "allow_missing_keys"}
+        if isinstance(t.get("keys"), list) and "teacher_logits" in t["keys"]:
+            i = t["keys"].index("teacher_logits")
+            for k in ("keys", "mode", "padding_mode"):
+                if isinstance(t.get(k), list):
+                    t[k] = t[k][:i] + t[k][i + 1 :]
+            t["padding_mode"] = (
+                t["padding_mode"][0] if isinstance(t.get("padding_mode"), list) else t.get("padding_mode")
+            )
+            t = {k: v for k, v in t.items() if v is not None}
+        return t
+
+    ours = [
+        without_teacher(t) for t in variant["train#preprocessing"]["transforms"] if "teacher_cache" not in t["_target_"]
+    ]
+    assert ours == train["train"]["preprocessing"]["transforms"]
+
+
+def test_patch_8_pretraining_then_a_frozen_layer_decayed_finetuning_on_a_subject_budget(setup):
+    root, transfer, o, t = setup
+    bundle = root / "patch8"
+    run(config_file=_cfg("pretrain.json"), bundle_root=str(bundle), transfer_dirs=[str(transfer)], iterations=2,
+        patch_size=8, **o, **t)  # fmt: skip
+    state = torch.load(bundle / "models" / "pretrain" / "pretrained.pt", weights_only=True)
+    assert state["vit.patch_embedding.patch_embeddings.weight"].shape[-1] == 8
+    run(config_file=_cfg("train.json"), bundle_root=str(bundle), iterations=2, patch_size=8, label_budget=2,
+        budget_seed=1, freeze_encoder_iters=2, layer_decay=0.5, **o)  # fmt: skip
+    ckpt = torch.load(bundle / "models" / "last.pt", weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 2  # 1 epoch of the 2 labelled subjects' items, batch 2
+    encoder = [k for k in state if k.startswith(("vit.", "neck."))]
+    assert all(torch.equal(ckpt["model"][k], state[k]) for k in encoder)  # frozen for both iterations
+    assert not torch.equal(ckpt["model"]["head.weight"], state["head.weight"])  # the decoder trained
+    groups = ckpt["optimizer"]["param_groups"]
+    assert [g["name"] for g in groups] == ["embeddings", "block_0", "block_1", "neck", "decoder"]
+    assert [g["lr_scale"] for g in groups] == [0.125, 0.25, 0.5, 1.0, 1.0]
+
+
+def test_finetuning_with_the_distillation_term_reads_the_teacher_cache(setup):
+    root, _, o, t = setup
+    bundle = root / "finetune_distill"
+    torch.manual_seed(0)
+    from common.networks.vit_student import build_vit_student
+
+    torch.save(build_vit_student(3, image_size=64, preset="test").state_dict(), root / "student.pt")
+    run(config_file=_cfg("train.json", "finetune_distill.json"), bundle_root=str(bundle), iterations=2,
+        pretrained=str(root / "student.pt"), finetune_distill_weight=0.5, teacher_lora_rank=0, **o, **t)  # fmt: skip
+    assert {"train_gt", "train_pred"} <= _scalars(bundle / "outputs")  # L_gt and the prediction term, logged apart
+    assert len(list((root / "teacher_cache").glob("*/*.pt"))) >= 5  # every training image's teacher logits
+    parser = _parser("train.json", "finetune_distill.json", bundle_root=str(bundle), finetune_distill_weight=0.5,
+                     **o, **t)  # fmt: skip
+    term = parser.get_parsed_content("stages")[0]["terms"]["pred"]
+    assert term.weight == 0.5 and list(term.inputs) == ["student_logits", "teacher_logits"]
+    assert term.loss.resize == "student_to_teacher" and term.loss.logit_norm == "auto"

@@ -10,6 +10,7 @@ from monai.handlers import LrScheduleHandler
 
 from common.engines.distillation import DistillationTrainer
 from common.handlers.freeze import FreezeEncoder
+from common.handlers.resume import module_state
 from common.losses.segmentation import dice_ce_loss
 from common.networks.vit_student import build_vit_student
 from common.optim import layer_decay_param_groups, warmup_poly_lr
@@ -39,7 +40,9 @@ def _run(decay: float) -> dict:
     trainer.add_event_handler(
         Events.ITERATION_STARTED, lambda e: seen["lrs"].append([g["lr"] for g in opt.param_groups])
     )
-    trainer.add_event_handler(Events.ITERATION_COMPLETED(once=FROZEN), lambda e: seen.update(frozen=snapshot()))
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED(once=FROZEN), lambda e: seen.update(frozen=snapshot(), saved=set(module_state(net)))
+    )
     trainer.run()
     seen["end"] = snapshot()
     return seen
@@ -56,6 +59,7 @@ def test_the_encoder_is_bit_identical_for_n_iterations_then_trains(decay: float)
     start, frozen, end = seen["start"], seen["frozen"], seen["end"]
     encoder = ("vit.", "neck.")
     assert not any(_moved(start, frozen, encoder))  # not even weight decay touched it
+    assert seen["saved"] == set(start)  # a checkpoint written while frozen still holds the whole network
     assert any(_moved(start, frozen, ("decoder.", "head.")))  # while the decoder trained
     assert all(_moved(frozen, end, ("vit.blocks.", "neck.0.", "neck.2.")))  # then every encoder weight moves
     if decay < 1:  # the encoder's own groups had lr 0 at the frozen steps, their scheduled lr after

@@ -13,7 +13,15 @@ from monai.transforms import Activationsd, AsDiscreted, Compose, MapTransform, S
 from common.data.dataset_info import check_normalisation
 from common.errors import DataError
 
-__all__ = ["discretize", "NormaliseIntensityd", "PseudoLabeld", "ResampleToSpacingd", "SavePredictiond", "source_name"]
+__all__ = [
+    "AboveThreshold",
+    "discretize",
+    "NormaliseIntensityd",
+    "PseudoLabeld",
+    "ResampleToSpacingd",
+    "SavePredictiond",
+    "source_name",
+]
 
 # 2D image files written back in their own format; anything else (NIfTI, DICOM folders, ...) is written as NIfTI.
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".gif")
@@ -24,6 +32,18 @@ def source_name(tensor: Any) -> str:
     meta = getattr(tensor, "meta", None) or {}
     name = meta.get("filename_or_obj", "?")
     return str(name[0] if isinstance(name, (list, tuple)) and name else name)
+
+
+class AboveThreshold:
+    """``x > threshold`` as a named, picklable callable: CropForegroundd's ``select_fn`` in the 3D configs (the body or
+    brain is every voxel above the threshold in any channel after normalisation), where a config lambda would be
+    untestable logic in JSON."""
+
+    def __init__(self, threshold: float = 0.0) -> None:
+        self.threshold = float(threshold)
+
+    def __call__(self, x: Any) -> Any:
+        return x > self.threshold
 
 
 def discretize(

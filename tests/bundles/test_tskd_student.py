@@ -192,7 +192,7 @@ def test_patch_8_pretraining_then_a_frozen_layer_decayed_finetuning_on_a_subject
     run(config_file=_cfg("train.json"), bundle_root=str(bundle), iterations=2, patch_size=8, label_budget=2,
         budget_seed=1, freeze_encoder_iters=2, layer_decay=0.5, **o)  # fmt: skip
     ckpt = torch.load(bundle / "models" / "last.pt", weights_only=True)
-    assert ckpt["trainer"]["iteration"] == 2  # 1 epoch of the 2 labelled subjects' items, batch 2
+    assert ckpt["trainer"]["iteration"] == 2  # one batch per epoch: the 2 labelled subjects of 5
     encoder = [k for k in state if k.startswith(("vit.", "neck."))]
     assert all(torch.equal(ckpt["model"][k], state[k]) for k in encoder)  # frozen for both iterations
     assert not torch.equal(ckpt["model"]["head.weight"], state["head.weight"])  # the decoder trained

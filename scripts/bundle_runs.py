@@ -9,12 +9,14 @@ import math
 import sys
 from pathlib import Path
 
+from common.handlers.resume import LAST_CHECKPOINT
 from scripts.jobs import Job, wall_seconds
 
 __all__ = [
     "config_list",
     "bundle_cmd",
     "train_and_evaluate",
+    "interrupted",
     "train_seconds",
     "mean_std",
     "parse_overrides",
@@ -49,8 +51,20 @@ def train_and_evaluate(
     """The jobs of one table run in ``root``: training (``configs``; done when its marker ``root/train_time.json``
     exists, log ``train.log``), then, when ``evaluate`` configs are given, their evaluation on the test split (done
     when ``root/eval/metrics_summary.json`` exists, log ``evaluate.log``; ``eval_overrides`` default to ``overrides``).
+    A training that an earlier invocation left unfinished (a ``last.pt`` under ``root/models`` and no marker)
+    continues from its last checkpoint (``--resume true``) instead of starting afresh; change a run's settings and
+    its folder must go.
     """
-    train = Job(key, f"train {key}", bundle_cmd(configs, overrides), [], root / TRAIN_MARKER, needs, root / "train.log")
+    resume = {"resume": True} if interrupted(root) else {}
+    train = Job(
+        key,
+        f"train {key}",
+        bundle_cmd(configs, {**overrides, **resume}),
+        [],
+        root / TRAIN_MARKER,
+        needs,
+        root / "train.log",
+    )
     if evaluate is None:
         return [train]
     cmd = bundle_cmd(evaluate, overrides if eval_overrides is None else eval_overrides)
@@ -58,6 +72,13 @@ def train_and_evaluate(
         train,
         Job(f"{key}/evaluate", f"evaluate {key}", cmd, [root / SUMMARY], None, (key,), root / "evaluate.log"),
     ]
+
+
+def interrupted(root: Path) -> bool:
+    """Whether the training in ``root`` started and did not finish: a resumable checkpoint (``last.pt`` of
+    ``common.handlers.resume``, in ``models/`` or a stage's folder below it) and no training marker."""
+    root = Path(root)
+    return not (root / TRAIN_MARKER).exists() and any((root / "models").glob(f"**/{LAST_CHECKPOINT}"))
 
 
 def train_seconds(root: Path) -> float:

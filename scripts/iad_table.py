@@ -95,19 +95,29 @@ DEFAULTS: dict[str, object] = {
     "seeds": [0, 1, 2],
     "budgets": ["8", "32", "all"],
     "rows": DEFAULT_ROWS,
+    "iterations": None,
 }
-# PLACEHOLDERS, not measured: the lead sizes them after timing one run of each kind
-# ("budget": the whole table in <= 2 h on 2 CPU cores; "gpu": one GPU).
+# "budget": the HC18 table of bundles/iad_student/docs (measured: one label budget, 3 rows x 3 seeds and the teacher
+# in about 2 h on 2 CPU cores with --parallel 2; every student run 465 optimiser steps, KD at T = 1, chosen a priori).
+# "gpu": PLACEHOLDERS, not measured (one GPU; to be sized after timing one run of each kind there).
 PROFILES: dict[str, dict[str, object]] = {
     "budget": {
-        "epochs": 10,  # PLACEHOLDER
-        "kis_epochs": 6,  # PLACEHOLDER
-        "image_size": 96,  # PLACEHOLDER
-        "teacher_image_size": 128,  # PLACEHOLDER
-        "teacher_epochs": 10,  # PLACEHOLDER
+        "iterations": 465,
+        "image_size": 128,
+        "teacher_image_size": 128,
+        "teacher_epochs": 100,
         "seeds": [0, 1, 2],
-        "budgets": ["8", "all"],  # PLACEHOLDER
-        "rows": DEFAULT_ROWS,
+        "budgets": ["8"],
+        "rows": ["student_only", "kd", "iad"],
+        "row_overrides": [
+            "teacher:learning_rate=0.002",
+            "teacher:warmup_iters=10",
+            "teacher:batch_size=4",
+            "teacher:val_interval=10",
+            "students:batch_size=8",
+            "student_only:val_interval=40",
+            "kd:temperature=1",
+        ],
     },
     "gpu": {
         "epochs": 100,  # PLACEHOLDER
@@ -510,7 +520,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="runs/iad_table")
     p.add_argument("--dataset_dir", default="data/lits_liver", help="a dataset folder (datalist.json, dataset.json)")
-    p.add_argument("--profile", choices=list(PROFILES), default=None, help="default sizes (placeholders for now)")
+    p.add_argument("--profile", choices=list(PROFILES), default=None, help="default sizes: budget (measured, "
+                   "the HC18 table) or gpu (placeholders)")  # fmt: skip
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=None, help=f"default: {DEFAULT_ROWS}")
     p.add_argument("--row_overrides", nargs="+", default=[], metavar="ROW:KEY=VALUE",
                    help="bundle overrides of one row's runs (ROW 'teacher': the trained teachers; 'students': every "
@@ -557,7 +568,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, key) is None:
             value = profile.get(key, default)
             setattr(args, key, list(value) if isinstance(value, list) else value)
-    args.row_overrides = parse_row_overrides(args.row_overrides)
+    # the profile's row overrides first, so that the command line's win
+    args.row_overrides = parse_row_overrides([*profile.get("row_overrides", []), *args.row_overrides])
     args.threads = args.threads or jobs.threads_per_job(args.parallel, {})
     return args
 

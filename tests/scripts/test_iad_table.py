@@ -104,6 +104,10 @@ def test_profiles_fill_the_sizes_that_options_leave_unset():
             iad_table.parse_args(bad)
     both = iad_table.parse_row_overrides(["students:batch_size=8", "kd:temperature=1", "kd:logit_norm=zscore"])
     assert both == {"students": {"batch_size": 8}, "kd": {"temperature": 1, "logit_norm": "zscore"}}
+    budget = iad_table.parse_args(["--profile", "budget", "--row_overrides", "kd:temperature=4"])
+    assert budget.iterations == 465 and budget.budgets == ["8"] and budget.rows == ["student_only", "kd", "iad"]
+    assert budget.row_overrides["kd"] == {"temperature": 4}  # the command line wins over the profile
+    assert budget.row_overrides["teacher"]["learning_rate"] == 0.002 and budget.epochs == 30  # epochs unused
 
 
 def test_the_pipeline_call_evaluates_its_teacher_and_keeps_its_layout(tmp_path):

@@ -392,12 +392,20 @@ def write_table(
     classes: list[str],
     args: argparse.Namespace,
     regions: Sequence[str] = (),
+    hd95_unit: str = "mm",
 ) -> str:
     """Write ``table.md`` / ``table.csv`` / ``table.json`` into ``OUT`` (one block per budget; mean Dice and HD95
-    over ``classes``, Dice per class and per region) and return the Markdown."""
+    over ``classes``, Dice per class and per region) and return the Markdown. ``hd95_unit``: ``px`` for a dataset
+    whose spacing is unknown (HC18 as published), where distances are counted in pixels."""
     scored = [*classes, *regions]
     head = ["method", "seeds", "subjects", "Dice % [95% CI]"] + [f"Dice {c} %" for c in scored]
-    head += ["Δ Dice vs student only [95% CI]", "verdict", "HD95 mm [95% CI]", "params (M)", "CPU latency (ms)"]
+    head += [
+        "Δ Dice vs student only [95% CI]",
+        "verdict",
+        f"HD95 {hd95_unit} [95% CI]",
+        "params (M)",
+        "CPU latency (ms)",
+    ]
     head += ["train time (min)"]
     md: list[str] = []
     records: list[dict] = []
@@ -422,7 +430,7 @@ def write_table(
             records.append(_record(budget, method, method_runs, s, size, scored))
         md += [_heading(by_budget[budget], args), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         md += ["| " + " | ".join(cells) + " |" for cells in lines] + [""]
-    md += [line for note in _notes(results, sizes, classes, args) for line in (note, "")][:-1]
+    md += [line for note in _notes(results, sizes, classes, args, hd95_unit) for line in (note, "")][:-1]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text("\n".join(md) + "\n")
@@ -469,7 +477,9 @@ def _record(budget: str, method: str, runs: list[dict], stats: dict, size: dict,
     return record
 
 
-def _notes(results: dict, sizes: dict, classes: list[str], args: argparse.Namespace) -> list[str]:
+def _notes(
+    results: dict, sizes: dict, classes: list[str], args: argparse.Namespace, hd95_unit: str = "mm"
+) -> list[str]:
     """The paragraphs under the table: how subjects are scored and compared, the empty-mask convention, sizes."""
     first = next(iter(next(iter(results.values())).values()))[0]["summary"]
     convention = first.get("empty_mask_convention")
@@ -483,7 +493,7 @@ def _notes(results: dict, sizes: dict, classes: list[str], args: argparse.Namesp
         f"{args.n_boot} resamples of those subjects with replacement (seed {args.bootstrap_seed}), the same resample "
         "for every row (paired). Δ: per subject, the row minus the student only, then the mean, with its paired CI; "
         "better / worse when that CI excludes 0, else no difference. Per-class Dice: the same over the subjects where "
-        "the class is defined. Dice in %, HD95 in mm (lower is better).",
+        f"the class is defined. Dice in %, HD95 in {hd95_unit} (lower is better).",
         f"Empty masks: {convention}.",
         f"Student: EfficientNet-B1 U-Net, {student['params'] / 1e6:.2f} M parameters; teacher: "
         f"{TEACHER_NAMES.get(args.teacher_arch, args.teacher_arch)} with LoRA merged, {teacher['params'] / 1e6:.2f} M "
@@ -593,7 +603,8 @@ def main(argv: list[str] | None = None) -> None:
     if not results:
         sys.exit("error: no finished run to report")
     sizes = size_and_latency(args, info.num_classes, info.in_channels)
-    print(write_table(results, sizes, info.class_names, args, list(info.regions)))
+    unit = "mm" if info.spacing else "px"  # no spacing in dataset.json: distances in pixels
+    print(write_table(results, sizes, info.class_names, args, list(info.regions), unit))
     print(f"\nwritten: {Path(args.out) / 'table.md'} (and .csv, .json)")
 
 

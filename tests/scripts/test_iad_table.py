@@ -262,6 +262,10 @@ def test_collect_and_table_give_the_paired_bootstrap_of_common_stats(tmp_path, c
 
     header = md.splitlines()[2]
     assert "| Dice optic disc % | Dice optic cup % |" in header and "liver" not in md
+    assert "HD95 mm [95% CI]" in header and "HD95 in mm" in md
+    pixels = iad_table.write_table(results, sizes, classes, args, hd95_unit="px")  # a dataset without spacing
+    assert "HD95 px [95% CI]" in pixels.splitlines()[2] and "HD95 in px" in pixels and " mm" not in pixels
+    md = iad_table.write_table(results, sizes, classes, args)
     assert md.splitlines()[0].startswith("## Label budget: 8 labelled training subjects")
     assert "percentile bootstrap of 500 resamples" in md and "Empty masks: conv." in md
     assert (tmp_path / "out" / "table.md").read_text().strip() == md.strip()

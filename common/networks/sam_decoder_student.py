@@ -38,7 +38,7 @@ from torch import nn
 
 from common.checkpoints import load_checked, mismatch_report, optional_path, read_state_dict
 from common.errors import CheckpointError, InputError
-from common.networks.sam_teacher import TEACHER_ARCHS, TeacherArch, sam_modeling
+from common.networks.sam_teacher import TEACHER_ARCHS, TeacherArch, build_mask_decoder, sam_modeling
 from common.networks.students import EfficientUNetStudent
 
 __all__ = ["SamDecoderStudent", "PromptFreeEmbedding", "teacher_decoder_state_dict", "REINITIALISED_HEADS"]
@@ -72,23 +72,6 @@ class PromptFreeEmbedding(nn.Module):
     def image_pe(self, height: int, width: int) -> torch.Tensor:
         """Positional encoding (1, C, height, width) of an embedding grid of that size."""
         return self.pe_layer((height, width)).unsqueeze(0)
-
-
-def _mask_decoder(arch: TeacherArch, num_classes: int) -> nn.Module:
-    """SAM's ``MaskDecoder`` with K mask tokens, shaped as the teacher of ``arch`` builds it."""
-    modeling = sam_modeling()
-    return modeling.MaskDecoder(
-        num_multimask_outputs=num_classes - 1,  # K mask tokens in all
-        transformer=modeling.TwoWayTransformer(
-            depth=arch.decoder_depth,
-            embedding_dim=arch.prompt_dim,
-            mlp_dim=arch.decoder_mlp_dim,
-            num_heads=arch.decoder_heads,
-        ),
-        transformer_dim=arch.prompt_dim,
-        iou_head_depth=3,
-        iou_head_hidden_dim=arch.iou_head_hidden_dim,
-    )
 
 
 def teacher_decoder_state_dict(
@@ -180,7 +163,7 @@ class SamDecoderStudent(nn.Module):
         self.teacher_arch = teacher_arch
         self.embed = nn.Conv2d(self.feature_channels, arch.prompt_dim, kernel_size=1)
         self.prompt_encoder = PromptFreeEmbedding(arch.prompt_dim)
-        self.mask_decoder = _mask_decoder(arch, num_classes)
+        self.mask_decoder = build_mask_decoder(arch, num_classes)
 
         teacher_ckpt, teacher_adapter = optional_path(teacher_ckpt), optional_path(teacher_adapter)
         if teacher_adapter is not None and teacher_ckpt is None:

@@ -32,6 +32,7 @@ __all__ = [
     "TeacherArch",
     "TEACHER_ARCHS",
     "CHANNEL_MODES",
+    "build_mask_decoder",
     "build_teacher",
     "load_teacher_checkpoint",
     "sam_modeling",
@@ -267,6 +268,24 @@ class SamTeacher(nn.Module):
         return self.forward_features(x)["logits"]
 
 
+def build_mask_decoder(arch: TeacherArch, num_classes: int) -> nn.Module:
+    """SAM's ``MaskDecoder`` with K mask tokens, shaped for ``arch``: the teacher's, and the SAM-decoder student's
+    (which loads the teacher's weights into it)."""
+    modeling = sam_modeling()
+    return modeling.MaskDecoder(
+        num_multimask_outputs=num_classes - 1,  # K mask tokens in all
+        transformer=modeling.TwoWayTransformer(
+            depth=arch.decoder_depth,
+            embedding_dim=arch.prompt_dim,
+            mlp_dim=arch.decoder_mlp_dim,
+            num_heads=arch.decoder_heads,
+        ),
+        transformer_dim=arch.prompt_dim,
+        iou_head_depth=3,
+        iou_head_hidden_dim=arch.iou_head_hidden_dim,
+    )
+
+
 def _build_modules(
     arch: TeacherArch, image_size: int, num_classes: int, in_channels: int | None = None, channel_mode: str = "auto"
 ) -> SamTeacher:
@@ -299,18 +318,7 @@ def _build_modules(
         input_image_size=(image_size, image_size),
         mask_in_chans=arch.mask_in_chans,
     )
-    mask_decoder = modeling.MaskDecoder(
-        num_multimask_outputs=num_classes - 1,  # K mask tokens in all
-        transformer=modeling.TwoWayTransformer(
-            depth=arch.decoder_depth,
-            embedding_dim=arch.prompt_dim,
-            mlp_dim=arch.decoder_mlp_dim,
-            num_heads=arch.decoder_heads,
-        ),
-        transformer_dim=arch.prompt_dim,
-        iou_head_depth=3,
-        iou_head_hidden_dim=arch.iou_head_hidden_dim,
-    )
+    mask_decoder = build_mask_decoder(arch, num_classes)
     return SamTeacher(
         image_encoder,
         prompt_encoder,

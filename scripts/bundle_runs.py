@@ -19,6 +19,8 @@ __all__ = [
     "interrupted",
     "train_seconds",
     "mean_std",
+    "ci_cell",
+    "bootstrap_or_none",
     "parse_overrides",
     "cli_args",
 ]
@@ -97,6 +99,30 @@ def mean_std(values: list[float | None], digits: int = 2, scale: float = 1.0) ->
         return f"{mean:.{digits}f}"
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
     return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+
+def ci_cell(entry: dict | None, scale: float = 1.0, key: str = "mean", signed: bool = False) -> str:
+    """``mean [lo, hi]`` of a :func:`common.stats.paired_bootstrap` entry (``difference`` with ``key``), times
+    ``scale``; ``–`` when missing."""
+    if entry is None or entry.get(key) is None:
+        return "–"
+    lo, hi = entry["ci" if key == "mean" else "difference_ci"]
+    f = "{:+.2f}" if signed else "{:.2f}"
+    return f"{f.format(entry[key] * scale)} [{f.format(lo * scale)}, {f.format(hi * scale)}]"
+
+
+def bootstrap_or_none(
+    scores: dict, baseline: str | None, n_boot: int, seed: int, higher_is_better: bool = True
+) -> dict[str, dict | None]:
+    """:func:`common.stats.paired_bootstrap` against ``baseline`` (None when that row did not run); None for every row
+    when no subject was scored by all (e.g. a class or region absent from every test subject), with a note."""
+    from common.stats import paired_bootstrap
+
+    try:
+        return paired_bootstrap(scores, baseline if baseline in scores else None, n_boot, seed, 0.95, higher_is_better)
+    except ValueError as err:
+        print(f"[note] no interval: {err}", flush=True)
+        return {m: None for m in scores}
 
 
 def parse_overrides(tokens: list[str]) -> dict[str, object]:

@@ -45,11 +45,13 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common.stats import paired_bootstrap, subject_scores  # noqa: E402
+from common.stats import subject_scores  # noqa: E402
 from scripts import jobs  # noqa: E402
 from scripts.bundle_runs import (  # noqa: E402
     SUMMARY,
+    bootstrap_or_none,
     bundle_cmd,
+    ci_cell,
     mean_std,
     parse_overrides,
     train_and_evaluate,
@@ -303,17 +305,6 @@ def collect(args: argparse.Namespace) -> dict[str, dict[str, list[dict]]]:
     return results
 
 
-def _bootstrap(scores: dict, args: argparse.Namespace, higher_is_better: bool = True) -> dict[str, dict | None]:
-    """:func:`common.stats.paired_bootstrap` against the student alone (when it ran); None for every method when no
-    subject was scored by all (e.g. a class absent from every test subject)."""
-    baseline = BASELINE if BASELINE in scores else None
-    try:
-        return paired_bootstrap(scores, baseline, args.n_boot, args.bootstrap_seed, 0.95, higher_is_better)
-    except ValueError as err:
-        print(f"[note] no interval: {err}", flush=True)
-        return {m: None for m in scores}
-
-
 def block_statistics(
     runs: dict[str, list[dict]], classes: list[str], args: argparse.Namespace, regions: Sequence[str] = ()
 ) -> dict[str, dict]:
@@ -323,9 +314,12 @@ def block_statistics(
     def scores(metric: str, names: list[str]) -> dict:
         return {m: {r["seed"]: subject_scores(r["per_case"], metric, names) for r in rs} for m, rs in runs.items()}
 
-    dice = _bootstrap(scores("dice", classes), args)
-    hd95 = _bootstrap(scores("hd95", classes), args, higher_is_better=False)
-    per_class = {c: _bootstrap(scores("dice", [c]), args) for c in [*classes, *regions]}
+    dice = bootstrap_or_none(scores("dice", classes), BASELINE, args.n_boot, args.bootstrap_seed)
+    hd95 = bootstrap_or_none(scores("hd95", classes), BASELINE, args.n_boot, args.bootstrap_seed, False)
+    per_class = {
+        c: bootstrap_or_none(scores("dice", [c]), BASELINE, args.n_boot, args.bootstrap_seed)
+        for c in [*classes, *regions]
+    }
     return {m: {"dice": dice[m], "hd95": hd95[m], "class_dice": {c: v[m] for c, v in per_class.items()}} for m in runs}
 
 
@@ -358,15 +352,6 @@ def size_and_latency(args: argparse.Namespace, num_classes: int, in_channels: in
         name: {"params": count_parameters(net), "latency_ms": 1000 * latency(net.eval(), x), "input_size": size}
         for name, net in (("student", student), ("teacher", teacher))
     }
-
-
-def _ci(entry: dict | None, scale: float = 1.0, key: str = "mean", signed: bool = False) -> str:
-    """``mean [lo, hi]`` of a bootstrap entry (``difference`` with ``key``), times ``scale``; ``–`` when missing."""
-    if entry is None or entry.get(key) is None:
-        return "–"
-    lo, hi = entry["ci" if key == "mean" else "difference_ci"]
-    f = "{:+.2f}" if signed else "{:.2f}"
-    return f"{f.format(entry[key] * scale)} [{f.format(lo * scale)}, {f.format(hi * scale)}]"
 
 
 def _label(row: str, args: argparse.Namespace) -> str:
@@ -419,11 +404,16 @@ def write_table(
         for method, method_runs in ordered.items():
             s, size = stats[method], sizes["teacher" if method == "teacher" else "student"]
             dice = s["dice"] or {}
-            cells = [_label(method, args), str(len(method_runs)), str(dice.get("subjects", "–")), _ci(s["dice"], 100)]
-            cells += [_ci(s["class_dice"][c], 100) for c in scored]
+            cells = [
+                _label(method, args),
+                str(len(method_runs)),
+                str(dice.get("subjects", "–")),
+                ci_cell(s["dice"], 100),
+            ]
+            cells += [ci_cell(s["class_dice"][c], 100) for c in scored]
             baseline = method == BASELINE or dice.get("difference") is None
-            cells += ["–" if baseline else _ci(s["dice"], 100, "difference", signed=True)]
-            cells += ["–" if baseline else dice["verdict"], _ci(s["hd95"])]
+            cells += ["–" if baseline else ci_cell(s["dice"], 100, "difference", signed=True)]
+            cells += ["–" if baseline else dice["verdict"], ci_cell(s["hd95"])]
             cells += [f"{size['params'] / 1e6:.2f}", f"{size['latency_ms']:.1f}"]
             cells += [mean_std([r["train_seconds"] / 60 for r in method_runs], 1)]
             lines.append(cells)

@@ -56,9 +56,16 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common.stats import paired_bootstrap, subject_scores  # noqa: E402
+from common.stats import subject_scores  # noqa: E402
 from scripts import jobs  # noqa: E402
-from scripts.bundle_runs import bundle_cmd, parse_overrides, train_and_evaluate, train_seconds  # noqa: E402
+from scripts.bundle_runs import (  # noqa: E402
+    bootstrap_or_none,
+    bundle_cmd,
+    ci_cell,
+    parse_overrides,
+    train_and_evaluate,
+    train_seconds,
+)
 
 CONFIGS = REPO / "bundles" / "recokd_student" / "configs"
 DEFAULT_DATASET = "data/lits_liver_3d"
@@ -386,17 +393,6 @@ def _scores(runs: dict[str, list[dict]], metric: str, names: Sequence[str]) -> d
     return out
 
 
-def _bootstrap(scores: dict, args: argparse.Namespace, higher_is_better: bool = True) -> dict[str, dict | None]:
-    """:func:`common.stats.paired_bootstrap` against the student alone (when present); None for every method when
-    no subject was scored by all (e.g. a region absent from every patient)."""
-    baseline = BASELINE if BASELINE in scores else None
-    try:
-        return paired_bootstrap(scores, baseline, args.n_boot, args.bootstrap_seed, 0.95, higher_is_better)
-    except ValueError as err:
-        print(f"[note] no interval: {err}", flush=True)
-        return {m: None for m in scores}
-
-
 def block_statistics(
     runs: dict[str, list[dict]], classes: Sequence[str], regions: Sequence[str], args: argparse.Namespace
 ) -> dict[str, dict]:
@@ -405,11 +401,16 @@ def block_statistics(
     runs = {m: entries for m, entries in runs.items() if all(e.get("per_case") for e in entries)}
     if not runs:
         return {}
-    dice = _bootstrap(_scores(runs, "dice", classes), args)
-    hd95 = _bootstrap(_scores(runs, "hd95", classes), args, higher_is_better=False)
+    dice = bootstrap_or_none(_scores(runs, "dice", classes), BASELINE, args.n_boot, args.bootstrap_seed)
+    hd95 = bootstrap_or_none(_scores(runs, "hd95", classes), BASELINE, args.n_boot, args.bootstrap_seed, False)
     names = [*classes, *regions]
-    by_dice = {n: _bootstrap(_scores(runs, "dice", [n]), args) for n in names}
-    by_hd95 = {n: _bootstrap(_scores(runs, "hd95", [n]), args, higher_is_better=False) for n in names}
+    by_dice = {
+        n: bootstrap_or_none(_scores(runs, "dice", [n]), BASELINE, args.n_boot, args.bootstrap_seed) for n in names
+    }
+    by_hd95 = {
+        n: bootstrap_or_none(_scores(runs, "hd95", [n]), BASELINE, args.n_boot, args.bootstrap_seed, False)
+        for n in names
+    }
     by_name = {m: {n: {"dice": by_dice[n][m], "hd95": by_hd95[n][m]} for n in names} for m in runs}
     return {m: {"dice": dice[m], "hd95": hd95[m], "by_name": by_name[m]} for m in runs}
 
@@ -422,15 +423,6 @@ def _mean(values: Sequence[float | None]) -> float | None:
     """Mean of the defined values (None when there is none)."""
     values = [float(v) for v in values if v is not None and not math.isnan(float(v))]
     return sum(values) / len(values) if values else None
-
-
-def _ci(entry: dict | None, scale: float = 1.0, key: str = "mean", signed: bool = False) -> str:
-    """``mean [lo, hi]`` of a bootstrap entry (``difference`` with ``key``), times ``scale``; ``–`` when missing."""
-    if entry is None or entry.get(key) is None:
-        return "–"
-    lo, hi = entry["ci" if key == "mean" else "difference_ci"]
-    f = "{:+.2f}" if signed else "{:.2f}"
-    return f"{f.format(entry[key] * scale)} [{f.format(lo * scale)}, {f.format(hi * scale)}]"
 
 
 def _row_and_variant(method: str) -> tuple[str, Variant]:
@@ -498,14 +490,14 @@ def _statistics_lines(
         label = _label(method, widths, block)
         seeds = len({e["seed"] for e in methods[method]})
         baseline = method == BASELINE or s["dice"] is None or s["dice"].get("difference") is None
-        cells = [label, str(seeds), str((s["dice"] or {}).get("subjects", "–")), _ci(s["dice"], 100)]
-        cells += ["–" if baseline else _ci(s["dice"], 100, "difference", True)]
-        cells += ["–" if baseline else s["dice"]["verdict"], _ci(s["hd95"])]
-        cells += ["–" if baseline or s["hd95"] is None else _ci(s["hd95"], 1, "difference", True)]
+        cells = [label, str(seeds), str((s["dice"] or {}).get("subjects", "–")), ci_cell(s["dice"], 100)]
+        cells += ["–" if baseline else ci_cell(s["dice"], 100, "difference", True)]
+        cells += ["–" if baseline else s["dice"]["verdict"], ci_cell(s["hd95"])]
+        cells += ["–" if baseline or s["hd95"] is None else ci_cell(s["hd95"], 1, "difference", True)]
         cells += [_num(size.get("params"), 3, 1e-6), _num(size.get("latency_s"), 2)]
         main.append(cells)
-        per_dice.append([label] + [_ci(s["by_name"][n]["dice"], 100) for n in names])
-        per_hd95.append([label] + [_ci(s["by_name"][n]["hd95"]) for n in names])
+        per_dice.append([label] + [ci_cell(s["by_name"][n]["dice"], 100) for n in names])
+        per_hd95.append([label] + [ci_cell(s["by_name"][n]["hd95"]) for n in names])
     title = f"students at 1/{block[1:]} width"
     lines = [f"## Test patients, {title}", ""] + _markdown(head, main)
     lines += ["", f"Dice per class and region, % [95% CI] ({title}):", ""]
@@ -524,8 +516,8 @@ def _validation_lines(block: str, methods: dict[str, list[dict]], stats: dict, w
         lam, warm = _row_and_variant(method)[1].values if distils else (None, None)
         baseline = not distils or s is None or s.get("difference") is None
         cells = [_label(method, widths, block), _num(lam, 3) if distils else "–", _num(warm, 2) if distils else "–"]
-        cells += [str(len({e["seed"] for e in methods[method]})), str((s or {}).get("subjects", "–")), _ci(s, 100)]
-        cells += ["–" if baseline else _ci(s, 100, "difference", True), "–" if baseline else s["verdict"]]
+        cells += [str(len({e["seed"] for e in methods[method]})), str((s or {}).get("subjects", "–")), ci_cell(s, 100)]
+        cells += ["–" if baseline else ci_cell(s, 100, "difference", True), "–" if baseline else s["verdict"]]
         rows.append(cells)
     title = f"## Validation patients, students at 1/{block[1:]} width: choose λ_max and the warm-up here, not on test"
     return [title, ""] + _markdown(head, rows) + [""]

@@ -57,9 +57,17 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from common.stats import paired_bootstrap, subject_scores  # noqa: E402
+from common.stats import subject_scores  # noqa: E402
 from scripts import jobs  # noqa: E402
-from scripts.bundle_runs import SUMMARY, mean_std, parse_overrides, train_and_evaluate, train_seconds  # noqa: E402
+from scripts.bundle_runs import (  # noqa: E402
+    SUMMARY,
+    bootstrap_or_none,
+    ci_cell,
+    mean_std,
+    parse_overrides,
+    train_and_evaluate,
+    train_seconds,
+)
 
 CONFIGS = REPO / "bundles" / "tskd_student" / "configs"
 PER_CASE = Path("eval") / "metrics_per_case.csv"  # in a run's bundle_root: written by evaluate.json
@@ -293,17 +301,6 @@ def _run_key(run: dict) -> str:
     return f"s{run['seed']}" if run.get("pretrain_seed") is None else f"p{run['pretrain_seed']}_s{run['seed']}"
 
 
-def _bootstrap(scores: dict, baseline: str | None, args: argparse.Namespace, higher: bool = True) -> dict:
-    """:func:`common.stats.paired_bootstrap` against ``baseline`` (None when that row did not run); None for every row
-    when no subject was scored by all."""
-    try:
-        return paired_bootstrap(scores, baseline if baseline in scores else None, args.n_boot, args.bootstrap_seed,
-                                0.95, higher)  # fmt: skip
-    except ValueError as err:
-        print(f"[note] no interval: {err}", flush=True)
-        return {m: None for m in scores}
-
-
 def block_statistics(runs: dict[str, list[dict]], classes: list[str], args: argparse.Namespace) -> dict[str, dict]:
     """Row -> ``dice`` / ``hd95`` (and ``cldice``) over ``classes``, each a dict baseline -> the paired bootstrap of
     the row's subject scores (every seed averaged inside a subject) against that baseline, and ``class_dice``."""
@@ -315,23 +312,16 @@ def block_statistics(runs: dict[str, list[dict]], classes: list[str], args: argp
     stats: dict[str, dict] = {m: {} for m in runs}
     for metric, higher in metrics:
         values = scores(metric, classes)
-        by_baseline = {b: _bootstrap(values, b, args, higher) for b in BASELINES}
+        by_baseline = {b: bootstrap_or_none(values, b, args.n_boot, args.bootstrap_seed, higher) for b in BASELINES}
         for m in runs:
             stats[m][metric] = {b: by_baseline[b][m] for b in BASELINES}
-    per_class = {c: _bootstrap(scores("dice", [c]), None, args) for c in classes}
+    per_class = {c: bootstrap_or_none(scores("dice", [c]), None, args.n_boot, args.bootstrap_seed) for c in classes}
     for m in runs:
         stats[m]["class_dice"] = {c: per_class[c][m] for c in classes}
     return stats
 
 
 # ----------------------------------------------------------------------------------------------------------- table
-def _ci(entry: dict | None, scale: float = 1.0, key: str = "mean", signed: bool = False) -> str:
-    """``mean [lo, hi]`` of a bootstrap entry (``difference`` with ``key``), times ``scale``; ``–`` when missing."""
-    if entry is None or entry.get(key) is None:
-        return "–"
-    lo, hi = entry["ci" if key == "mean" else "difference_ci"]
-    f = "{:+.2f}" if signed else "{:.2f}"
-    return f"{f.format(entry[key] * scale)} [{f.format(lo * scale)}, {f.format(hi * scale)}]"
 
 
 def _collapses(runs: list[dict]) -> str:
@@ -411,15 +401,15 @@ def _block_markdown(budget: str, block: dict, stats: dict, classes: list[str], a
     for method, runs in block.items():
         s = stats[method]
         dice = s["dice"]["scratch"] or s["dice"]["takd"]
-        cells = [METHODS[method][0], str(len(runs)), str((dice or {}).get("subjects", "–")), _ci(dice, 100)]
-        cells += [_ci(s["class_dice"][c], 100) for c in classes]
+        cells = [METHODS[method][0], str(len(runs)), str((dice or {}).get("subjects", "–")), ci_cell(dice, 100)]
+        cells += [ci_cell(s["class_dice"][c], 100) for c in classes]
         for baseline in BASELINES:
             entry = s["dice"][baseline]
             same = method == baseline or entry is None or entry.get("difference") is None
-            cells += ["–", "–"] if same else [_ci(entry, 100, "difference", signed=True), entry["verdict"]]
-        cells += [_ci(s["hd95"]["scratch"] or s["hd95"]["takd"])]
+            cells += ["–", "–"] if same else [ci_cell(entry, 100, "difference", signed=True), entry["verdict"]]
+        cells += [ci_cell(s["hd95"]["scratch"] or s["hd95"]["takd"])]
         if args.report_cldice:
-            cells += [_ci(s["cldice"]["scratch"] or s["cldice"]["takd"], 100)]
+            cells += [ci_cell(s["cldice"]["scratch"] or s["cldice"]["takd"], 100)]
         lines.append(cells + [_collapses(runs)])
     unit = _unit(args)
     title = "every label" if budget == "all" else f"{budget} labelled training {unit}"

@@ -19,7 +19,9 @@ Label budgets (``--budgets 8 32 80``; ``all`` = every label) count labelled trai
 ``--budget_seed`` (nested: ``label_budget``/``budget_seed`` of the bundle); for a dataset whose items carry no subject
 (the LiTS slices of one volume) they count slices spread evenly over the training slab (``num_labels``):
 ``--budget_unit auto`` chooses by the datalist. The transfer-set rows (``tskd_real``, ``tskd_both``) run at one budget,
-``--transfer_budget`` (default: the first of ``--budgets``; ``none`` leaves them out).
+``--transfer_budget`` (default: the first of ``--budgets``; ``none`` leaves them out). ``--rows`` names the rows run
+at every budget (default ``scratch tskd takd``): without a synthetic transfer set, ``--rows scratch takd tskd_real``
+makes the real unlabelled images the main TS-KD row.
 
 The table (``OUT/table.md``, ``.csv``, ``.json``; also printed) first lists every row's runs (mean ± std over runs of
 each run's summary, and how many collapsed to all-background: no predicted foreground pixel in any test case), then per
@@ -30,13 +32,14 @@ DRIVE's evaluation already scores inside its field of view). Class names come fr
 
 A finished training (its marker ``train_time.json``) or evaluation (``eval/metrics_summary.json``) is skipped, so an
 interrupted table resumes; ``--parallel 2`` runs two at a time; ``--plan`` prints the jobs and runs nothing. Sizes
-come from ``--profile`` (``budget``: 2 CPU cores; ``gpu``; placeholders) unless given. Options the script does not
-know go to every bundle run (e.g. ``--freeze_encoder_iters 50 --layer_decay 0.75``)::
+(and, for ``budget``, the rows) come from ``--profile`` (``budget``: the measured HC18 table on 2 CPU cores; ``gpu``:
+placeholders) unless given. Options the script does not know go to every bundle run (e.g. ``--layer_decay 0.75``)::
 
     python scripts/tskd_table.py --out runs/tskd --parallel 2                      # LiTS slices, budgets 20 and all
-    python scripts/tskd_table.py --dataset_dir data/hc18 --out runs/tskd_hc18 --budgets 8 32 80 \\
-        --synthetic_dir runs/transfer_diffusion_hc18/transfer_set \\
-        --teacher_ckpt runs/teacher_lora_hc18/models/model_merged.pt --profile budget --plan
+    python scripts/tskd_table.py --dataset_dir data/hc18 --out runs/tskd_hc18 --profile budget --parallel 2 \
+        --teacher_ckpt runs/iad_hc18/budget_8/teacher/models/model_merged.pt      # the HC18 table of the docs
+    python scripts/tskd_table.py --dataset_dir data/hc18 --out runs/tskd_hc18_gpu --profile gpu \
+        --synthetic_dir runs/transfer_diffusion_hc18/transfer_set --teacher_ckpt TUNED_TEACHER --plan
 """
 
 from __future__ import annotations
@@ -87,6 +90,8 @@ TEACHER_KEYS = ("teacher_ckpt", "teacher_cache_dir", "finetune_distill_weight")
 # The sizes an option left unset takes: the profile's, else DEFAULTS (None: the bundle's own default, not passed).
 DEFAULTS: dict[str, object] = {
     "budgets": ["20", "all"],
+    "rows": list(MAIN),
+    "transfer_budget": "first",
     "seeds": [0, 1, 2],
     "pretrain_seeds": [0, 1],
     "pretrain_iterations": 600,
@@ -94,17 +99,21 @@ DEFAULTS: dict[str, object] = {
     "image_size": None,
     "patch_size": None,
 }
-# PLACEHOLDERS, not measured: the lead sizes them after timing one pre-training and one fine-tuning
-# ("budget": the whole table in a few hours on 2 CPU cores; "gpu": one GPU).
+# "budget": the HC18 table of bundles/tskd_student/docs on 2 CPU cores (measured: label budget 8, no synthetic set, so
+# TS-KD pre-trains on the real training images without labels, as task-agnostic KD does; 2 pre-training x 3 fine-tuning
+# seeds; pre-training 474 iterations = 6 epochs of HC18's 626 images at batch 8, about 2.2 s each; fine-tuning 300
+# iterations, about 1.2 s each). "gpu": PLACEHOLDERS, not measured (to be sized after timing one run of each kind).
 PROFILES: dict[str, dict[str, object]] = {
     "budget": {
-        "budgets": ["8", "32"],  # PLACEHOLDER
+        "budgets": ["8"],
+        "rows": ["scratch", "takd", "tskd_real"],
+        "transfer_budget": "none",
         "seeds": [0, 1, 2],
         "pretrain_seeds": [0, 1],
-        "pretrain_iterations": 600,  # PLACEHOLDER
-        "finetune_iterations": 300,  # PLACEHOLDER
-        "image_size": 128,  # PLACEHOLDER
-        "patch_size": 16,  # PLACEHOLDER
+        "pretrain_iterations": 474,
+        "finetune_iterations": 300,
+        "image_size": 128,
+        "patch_size": 8,
     },
     "gpu": {
         "budgets": ["8", "32", "80"],  # PLACEHOLDER
@@ -170,9 +179,11 @@ class Tuning(NamedTuple):
 def tunings(args: argparse.Namespace) -> Iterator[Tuning]:
     """Every fine-tuning: per row and budget, pre-training seeds × fine-tuning seeds (fine-tuning seeds only from
     scratch); the main rows at every budget, then the transfer-set rows at ``transfer_budget``."""
-    rows = [(m, b, args.seeds, 0) for m in MAIN for b in args.budgets]
+    main_rows = getattr(args, "rows", None) or list(MAIN)
+    rows = [(m, b, args.seeds, 0) for m in main_rows for b in args.budgets]
     if args.transfer_budget is not None:
-        rows += [(m, args.transfer_budget, args.transfer_seeds or args.seeds, 1) for m in TRANSFER]
+        seeds = args.transfer_seeds or args.seeds
+        rows += [(m, args.transfer_budget, seeds, 1) for m in TRANSFER if m not in main_rows]
     for method, budget, seeds, group in rows:
         for p in args.pretrain_seeds if METHODS[method][1] else [None]:
             for s in seeds:
@@ -180,7 +191,11 @@ def tunings(args: argparse.Namespace) -> Iterator[Tuning]:
 
 
 def transfer_dirs(variant: str, args: argparse.Namespace) -> list[str]:
+    """The transfer set of a pre-training; task-agnostic KD takes that of the first TS-KD row of ``--rows`` (the
+    synthetic set by default), so that it differs from TS-KD by its teacher only."""
     real, synthetic = args.dataset_dir, args.synthetic_dir
+    if variant == "takd":
+        variant = next((m for m in getattr(args, "rows", None) or MAIN if m in TASK_SPECIFIC), "tskd")
     return {"tskd_real": [real], "tskd_both": [synthetic, real]}.get(variant, [synthetic])
 
 
@@ -523,13 +538,16 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     p.add_argument("--synthetic_dir", default="runs/transfer_diffusion/transfer_set", help="transfer_diffusion output")
     p.add_argument("--teacher_ckpt", default="runs/teacher_lora/models/model_merged.pt", help="fine-tuned teacher")
     p.add_argument("--base_teacher_ckpt", default=None, help="task-agnostic teacher (default: task_agnostic.json's)")
-    p.add_argument("--profile", choices=list(PROFILES), default=None, help="default sizes (placeholders for now)")
+    p.add_argument("--profile", choices=list(PROFILES), default=None, help="default sizes: budget (measured, the "
+                   "HC18 table) or gpu (placeholders)")  # fmt: skip
+    p.add_argument("--rows", nargs="+", choices=list(METHODS), default=None, help="the rows run at every budget "
+                   f"(default: {' '.join(MAIN)}; e.g. tskd_real in place of tskd without a synthetic set)")  # fmt: skip
     p.add_argument("--budgets", nargs="+", type=_budget, default=None, help="labelled subjects (or slices) per block, "
                    "or 'all' (default: 20 all)")  # fmt: skip
     p.add_argument("--budget_unit", choices=["auto", "subjects", "slices"], default="auto",
                    help="what a budget counts (auto: subjects when the datalist names them)")  # fmt: skip
     p.add_argument("--budget_seed", type=int, default=0, help="seed of the draw of the labelled subjects")
-    p.add_argument("--transfer_budget", default="first", help="budget of the transfer-set rows (default: the first "
+    p.add_argument("--transfer_budget", default=None, help="budget of the transfer-set rows (default: the first "
                    "of --budgets; 'none': no transfer-set rows)")  # fmt: skip
     p.add_argument("--transfer_seeds", nargs="+", type=int, default=None, help="their seeds (default: --seeds)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="fine-tuning seeds (default: 0 1 2)")

@@ -311,3 +311,27 @@ def test_a_collapse_is_read_from_dice_when_the_counts_are_missing(tmp_path):
     assert tskd_table.collapsed(path) is True
     path.write_text("case,dice_a,hd95_a,subject\nc1,0.0,181.0,s1\nc2,0.3,4.0,s2\n")
     assert tskd_table.collapsed(path) is False and tskd_table.collapsed(None) is None
+
+
+def test_rows_replace_the_main_rows_and_task_agnostic_kd_follows_their_transfer_set(tmp_path):
+    """Without a synthetic set, ``--rows scratch takd tskd_real`` makes the real unlabelled images the TS-KD row at
+    every budget, and task-agnostic KD pre-trains on those images too (it differs from TS-KD by its teacher only)."""
+    args = _args(tmp_path, rows=["scratch", "takd", "tskd_real"], budgets=["8", "32"], transfer_budget=None)
+    runs = {r.name: r for r in tskd_table.plan(args, {})}
+    assert sorted(n for n in runs if n.startswith("pretrain_")) == ["pretrain_takd_s0", "pretrain_tskd_real_s0"]
+    assert runs["pretrain_takd_s0"].overrides["transfer_dirs"] == ["D"]
+    assert runs["pretrain_tskd_real_s0"].overrides["transfer_dirs"] == ["D"]
+    assert {"tskd_real_8_p0_s0", "tskd_real_32_p0_s2", "takd_32_p0_s1", "scratch_32_s2"} <= set(runs)
+    assert not any(n.startswith(("tskd_both", "tskd_8", "tskd_32")) for n in runs)  # tskd_real not repeated either
+    assert len([n for n in runs if not n.startswith("pretrain_")]) == 3 * 2 * 3
+    assert all(r.group == 0 for r in runs.values())
+    # a transfer budget adds the transfer rows not already main rows: tskd_both, not tskd_real again
+    args.transfer_budget = "8"
+    extra = {r.name: r for r in tskd_table.plan(args, {})}
+    assert set(extra) - set(runs) == {"pretrain_tskd_both_s0"} | {f"tskd_both_8_p0_s{s}" for s in range(3)}
+    assert extra["tskd_both_8_p0_s1"].group == 1 and extra["tskd_real_8_p0_s1"].group == 0
+    # the default rows keep the synthetic set for both
+    default = {r.name: r for r in tskd_table.plan(_args(tmp_path), {})}
+    assert default["pretrain_takd_s0"].overrides["transfer_dirs"] == ["S"]
+    with pytest.raises(SystemExit):
+        tskd_table.parse_args(["--rows", "nope"])

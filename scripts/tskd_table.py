@@ -28,7 +28,9 @@ each run's summary, and how many collapsed to all-background: no predicted foreg
 budget the paired bootstrap of ``common.stats`` over test subjects (every seed of a row, pre-training and fine-tuning,
 averaged inside a subject): Dice and HD95 with 95% CIs, per-class Dice, the paired difference of every row to ViT-Tiny
 from scratch and to task-agnostic KD with its CI and verdict; ``--report_cldice true`` adds clDice (thin vessels;
-DRIVE's evaluation already scores inside its field of view). Class names come from the dataset's ``dataset.json``.
+DRIVE's evaluation already scores inside its field of view), then the validation Dice of every row during
+fine-tuning (mean and lowest run at each validation, and the runs that sat at 0 at some validation: a collapse that
+recovers is seen too). Class names come from the dataset's ``dataset.json``.
 
 A finished training (its marker ``train_time.json``) or evaluation (``eval/metrics_summary.json``) is skipped, so an
 interrupted table resumes; ``--parallel 2`` runs two at a time; ``--plan`` prints the jobs and runs nothing. Sizes
@@ -295,6 +297,25 @@ def collapsed(per_case: str | Path | None) -> bool | None:
     return all(v == 0 for v in dice)
 
 
+def validation_curve(log_dir: str | Path) -> list[tuple[int, float]]:
+    """(iteration, validation mean Dice) of a fine-tuning, read from its TensorBoard events: ``val_mean_dice`` is
+    logged per epoch, the loss per iteration, so an epoch's iteration is the epoch times the iterations per epoch
+    (the last loss step over the last epoch validated: a run validates at its last epoch). [] without events."""
+    if not Path(log_dir).is_dir():
+        return []
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    tags = acc.Tags().get("scalars", [])
+    if "val_mean_dice" not in tags:
+        return []
+    val = {e.step: e.value for e in acc.Scalars("val_mean_dice")}  # a resumed run logs an epoch again: keep the last
+    last_iteration = max((e.step for e in acc.Scalars("loss")), default=0) if "loss" in tags else 0
+    per_epoch = last_iteration / max(val) if last_iteration else 1
+    return [(round(epoch * per_epoch), float(value)) for epoch, value in sorted(val.items())]
+
+
 def collect(args: argparse.Namespace) -> dict[tuple[str, str], list[dict]]:
     """(method, budget) -> its finished fine-tunings: seed, pre-training seed, test summary, per-case metrics file
     (None when missing), training seconds and whether it collapsed."""
@@ -307,6 +328,7 @@ def collect(args: argparse.Namespace) -> dict[tuple[str, str], list[dict]]:
         per_case = str(root / PER_CASE) if (root / PER_CASE).is_file() else None
         entry = {"seed": t.seed, "pretrain_seed": t.pretrain_seed, "summary": json.loads((root / SUMMARY).read_text())}
         entry.update({"per_case": per_case, "train_seconds": train_seconds(root), "collapsed": collapsed(per_case)})
+        entry["curve"] = validation_curve(root / "outputs")
         results.setdefault((t.method, t.budget), []).append(entry)
     return results
 
@@ -364,6 +386,30 @@ def summary_table(results: dict[tuple[str, str], list[dict]], classes: list[str]
     return [head, rows]
 
 
+def curve_table(results: dict[tuple[str, str], list[dict]], args: argparse.Namespace) -> list[str]:
+    """Validation Dice during fine-tuning, per row: the mean (and the lowest run) at each validation, and how many
+    runs sat at 0 at some validation, so that a collapse that recovers by the end is seen too ([] without curves)."""
+    rows = {k: [r["curve"] for r in runs if r.get("curve")] for k, runs in results.items()}
+    iterations = sorted({it for curves in rows.values() for c in curves for it, _ in c})
+    if not iterations:
+        return []
+    head = ["method", f"labelled {_unit(args)}", "runs"] + [f"it. {it}" for it in iterations]
+    lines = []
+    for (method, budget), curves in rows.items():
+        if not curves:
+            continue
+        cells = [METHODS[method][0], budget, str(len(curves))]
+        for it in iterations:
+            values = [dict(c)[it] for c in curves if it in dict(c)]
+            cells.append(f"{100 * sum(values) / len(values):.1f} ({100 * min(values):.1f})" if values else "–")
+        lines.append(cells + [f"{sum(any(v == 0 for _, v in c) for c in curves)}/{len(curves)}"])
+    head.append("runs at 0 at some validation")
+    title = "## Validation Dice % during fine-tuning (mean over runs, lowest run in brackets)"
+    return [title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + [
+        "| " + " | ".join(c) + " |" for c in lines
+    ]
+
+
 def write_table(
     results: dict[tuple[str, str], list[dict]],
     size: dict,
@@ -387,6 +433,8 @@ def write_table(
         statistics[budget] = stats
         md += ["", *_block_markdown(budget, block, stats, classes, args)]
         records += [_record(budget, m, block[m], stats[m], classes) for m in block]
+    curves = curve_table(results, args)
+    md += ["", *curves] if curves else []
     md += [line for note in _notes(first, size, classes, args) for line in ("", note)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

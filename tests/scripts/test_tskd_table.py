@@ -335,3 +335,28 @@ def test_rows_replace_the_main_rows_and_task_agnostic_kd_follows_their_transfer_
     assert default["pretrain_takd_s0"].overrides["transfer_dirs"] == ["S"]
     with pytest.raises(SystemExit):
         tskd_table.parse_args(["--rows", "nope"])
+
+
+def test_validation_curves_read_from_the_events_count_runs_that_sat_at_zero(tmp_path):
+    """The curve's iterations come from the per-iteration loss (epoch length 5 here), a resumed epoch keeps its last
+    value, and a run at 0 at one validation counts even though it recovers."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    def events(root: Path, values: dict[int, float]) -> Path:
+        writer = SummaryWriter(str(root / "outputs"))
+        for it in range(1, 21):
+            writer.add_scalar("loss", 1.0 / it, it)
+        for epoch, value in values.items():
+            writer.add_scalar("val_mean_dice", value, epoch)
+        writer.close()
+        return root / "outputs"
+
+    a = events(tmp_path / "a", {2: 0.0, 4: 0.8})
+    b = events(tmp_path / "b", {2: 0.4, 4: 0.6})
+    assert tskd_table.validation_curve(a) == [(10, 0.0), (20, pytest.approx(0.8))]
+    assert tskd_table.validation_curve(tmp_path / "missing") == []
+    results = {("tskd", "8"): [{"curve": tskd_table.validation_curve(a)}, {"curve": tskd_table.validation_curve(b)}]}
+    lines = tskd_table.curve_table(results, _args(tmp_path, budget_unit="subjects"))
+    assert "it. 10 | it. 20 | runs at 0" in lines[2]
+    assert lines[-1] == "| TS-KD (synthetic transfer set) | 8 | 2 | 20.0 (0.0) | 70.0 (60.0) | 1/2 |"
+    assert tskd_table.curve_table({("tskd", "8"): [{"curve": []}]}, _args(tmp_path)) == []

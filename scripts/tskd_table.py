@@ -178,10 +178,15 @@ class Tuning(NamedTuple):
         return None if variant is None else f"pretrain_{variant}_s{self.pretrain_seed}"
 
 
+def _main_rows(args: argparse.Namespace) -> list[str]:
+    """The rows run at every budget (``--rows``; default :data:`MAIN`)."""
+    return list(getattr(args, "rows", None) or MAIN)
+
+
 def tunings(args: argparse.Namespace) -> Iterator[Tuning]:
     """Every fine-tuning: per row and budget, pre-training seeds × fine-tuning seeds (fine-tuning seeds only from
     scratch); the main rows at every budget, then the transfer-set rows at ``transfer_budget``."""
-    main_rows = getattr(args, "rows", None) or list(MAIN)
+    main_rows = _main_rows(args)
     rows = [(m, b, args.seeds, 0) for m in main_rows for b in args.budgets]
     if args.transfer_budget is not None:
         seeds = args.transfer_seeds or args.seeds
@@ -197,7 +202,7 @@ def transfer_dirs(variant: str, args: argparse.Namespace) -> list[str]:
     synthetic set by default), so that it differs from TS-KD by its teacher only."""
     real, synthetic = args.dataset_dir, args.synthetic_dir
     if variant == "takd":
-        variant = next((m for m in getattr(args, "rows", None) or MAIN if m in TASK_SPECIFIC), "tskd")
+        variant = next((m for m in _main_rows(args) if m in TASK_SPECIFIC), "tskd")
     return {"tskd_real": [real], "tskd_both": [synthetic, real]}.get(variant, [synthetic])
 
 
@@ -298,22 +303,19 @@ def collapsed(per_case: str | Path | None) -> bool | None:
 
 
 def validation_curve(log_dir: str | Path) -> list[tuple[int, float]]:
-    """(iteration, validation mean Dice) of a fine-tuning, read from its TensorBoard events: ``val_mean_dice`` is
-    logged per epoch, the loss per iteration, so an epoch's iteration is the epoch times the iterations per epoch
-    (the last loss step over the last epoch validated: a run validates at its last epoch). [] without events."""
-    if not Path(log_dir).is_dir():
-        return []
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    """(iteration, validation mean Dice) of a fine-tuning, from its TensorBoard events (``common.reporting``):
+    ``val_mean_dice`` is logged per epoch, the loss per iteration, so an epoch's iteration is the epoch times the
+    iterations per epoch (the last loss step over the last epoch validated: a run validates at its last epoch); an
+    epoch logged twice (a resumed run) keeps one value. [] without events."""
+    from common.reporting import read_scalars
 
-    acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0})
-    acc.Reload()
-    tags = acc.Tags().get("scalars", [])
-    if "val_mean_dice" not in tags:
+    scalars = read_scalars(log_dir) if Path(log_dir).is_dir() else {}
+    val = dict(scalars.get("val_mean_dice", []))
+    if not val:
         return []
-    val = {e.step: e.value for e in acc.Scalars("val_mean_dice")}  # a resumed run logs an epoch again: keep the last
-    last_iteration = max((e.step for e in acc.Scalars("loss")), default=0) if "loss" in tags else 0
+    last_iteration = max((step for step, _ in scalars.get("loss", [])), default=0)
     per_epoch = last_iteration / max(val) if last_iteration else 1
-    return [(round(epoch * per_epoch), float(value)) for epoch, value in sorted(val.items())]
+    return [(round(epoch * per_epoch), value) for epoch, value in sorted(val.items())]
 
 
 def collect(args: argparse.Namespace) -> dict[tuple[str, str], list[dict]]:

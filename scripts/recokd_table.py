@@ -15,25 +15,26 @@ Every training and evaluation is a ``monai.bundle`` run of ``bundles/recokd_stud
   ``OUT/[fold<k>/]w<d>/<row>/seed<s>``; the rows that distil need their fold's teacher;
 - each run is evaluated on its test split (``eval/``); the student alone and ReCo-KD also on the validation split
   (``eval_validation/``), where λ_max and the warm-up are chosen: several ``--lambda_max`` (or ``--warmup_fraction``)
-  values train ReCo-KD once per variant (``recokd_lam0.1``) and report their validation Dice only (no test
-  evaluation, no ablations); rerun with the chosen single values to train the ablations with them and to evaluate on
-  test. A value equal to the bundle's default keeps the plain name (``recokd``).
+  values train ReCo-KD once per variant (``recokd_lam0.1``; a value equal to the bundle's default keeps the plain
+  name ``recokd``); once all are validated, per fold and width the variant with the highest validation Dice over the
+  regions (else the classes; seeds averaged) is evaluated on test as the ReCo-KD row and the ablations are trained
+  at it (``sard_only_lam0.1``) — the second stage of the same command. A single value is simply used.
 
 The table (``OUT/table.md``, ``table.csv``, ``table_stats.csv``, ``table.json``; also printed) opens with an overview
 (per-class and per-region Dice and HD95 averaged over the runs, parameters, CPU time per test volume: the bundle's
 sliding window, median of ``--latency_runs`` after a warm-up, training time); then, per width, the test patients of
 all folds as one set of subjects: mean Dice and HD95 with 95% CIs and the paired difference to the student alone
 (``common.stats.paired_bootstrap``: seeds averaged inside a patient, patients resampled), per class and region; then
-the validation Dice of every variant. Class and region names come from ``dataset.json``.
+the validation Dice of every variant and the choice. Class and region names come from ``dataset.json``.
 
-Sizes come from ``--profile`` (``budget``: 2 CPU cores; ``gpu``; placeholders until measured) unless given. Options
-the script does not know are passed to every bundle run and to the networks it times (e.g. ``--patch_size
+Sizes come from ``--profile`` (``budget``: 2 CPU cores, timed on BraTS 3D; ``gpu``: placeholders) unless given.
+Options the script does not know are passed to every bundle run and to the networks it times (e.g. ``--patch_size
 "[48,48,48]"``). With the default ``--dataset_dir`` the 3D LiTS split is written first if missing (needs ``python
 scripts/prepare_data.py --out data``)::
 
     python scripts/recokd_table.py --out runs/recokd
-    python scripts/recokd_table.py --dataset_dir data/brats3d --out runs/recokd_brats --profile budget --parallel 2
-    python scripts/recokd_table.py --dataset_dir data/brats3d --out runs/recokd_brats --lambda_max 0.01 0.1 1 --plan
+    python scripts/recokd_table.py --dataset_dir data/brats_3d --out runs/recokd_brats --profile budget --parallel 2
+    python scripts/recokd_table.py --dataset_dir data/brats_3d --out runs/recokd_brats --lambda_max 0.01 0.1 1 --plan
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ ROWS = {
     "ca_only": Row("Student + MS-CA only", ["ca_only.json"], True),
 }
 BASELINE = "student_only"  # every other row's paired difference is to this one
+REGION_MEAN = "regions mean"  # the score averaged over the dataset's regions (BraTS: WT, TC, ET)
 ON_VALIDATION = ("student_only", "recokd")  # rows also evaluated on validation (where λ_max is chosen)
 
 # The sizes an option left unset takes: the profile's, else DEFAULTS (teacher_epochs None: --epochs).
@@ -98,25 +100,29 @@ DEFAULTS: dict[str, object] = {
     "seeds": [0, 1],
     "width_divisors": [4],
     "rows": list(ROWS),
+    "lambda_max": None,  # None: the bundle's; several values: chosen per fold and width on validation
+    "warmup_fraction": None,
 }
-# PLACEHOLDERS, not measured: the lead sizes them after timing one run of each kind. "bundle": overrides of every
-# bundle run (the command line's unknown options win over them).
+# "bundle": overrides of every bundle run (the command line's unknown options win over them).
 PROFILES: dict[str, dict[str, object]] = {
-    # the whole BraTS table (3 folds x (teacher + 2 widths x 4 rows x 2 seeds) = 51 trainings) in <= 3 h on 2 CPU
-    # cores with --parallel 2: about 200 iterations per run, as the LiTS table (a student ~0.7 s, ReCo-KD ~2.4 s,
-    # the teacher ~4.2 s per iteration of two 64x64x24 patches at one thread there)
+    # BraTS 3D (6 patients, 3 folds of 2) on 2 CPU cores with --parallel 2, sized from timed runs at one thread
+    # (2 mm, two 32^3 patches per iteration: teacher 2.0 s, 1/4-width student 0.25 s, ReCo-KD 0.95 s per iteration,
+    # most of it the teacher's forward; a validation of 2 volumes 18 s): per fold the teacher (600 iterations), the
+    # student alone, three λ_max variants of ReCo-KD chosen on validation, and the two ablations at the chosen λ_max,
+    # at widths 1/4 and 1/8, two seeds, 250 iterations each: about 2 h of one core per fold, 3 h for the table.
     "budget": {
-        "epochs": 20,  # PLACEHOLDER
-        "batches_per_epoch": 10,  # PLACEHOLDER
-        "teacher_epochs": 20,  # PLACEHOLDER
+        "epochs": 25,
+        "batches_per_epoch": 10,
+        "teacher_epochs": 60,
         "seeds": [0, 1],
         "width_divisors": [4, 8],
         "rows": list(ROWS),
+        "lambda_max": [0.01, 0.1, 1.0],
         "bundle": {
-            "spacing": [2.0, 2.0, 2.0],  # PLACEHOLDER: a cropped BraTS brain is then about 70 x 85 x 70 voxels
-            "patch_size": [48, 48, 48],  # PLACEHOLDER (multiples of 8 for 4 stages)
-            "num_samples": 2,  # PLACEHOLDER
-            "val_interval": 5,  # PLACEHOLDER
+            "spacing": [2.0, 2.0, 2.0],  # a cropped BraTS brain is then about 70 x 85 x 70 voxels
+            "patch_size": [32, 32, 32],  # multiples of 8 for 4 stages; 64 mm of brain
+            "num_samples": 2,
+            "val_interval": 5,
         },
     },
     # nnU-Net-scale settings for one GPU (nnU-Net: 1000 epochs of 250 iterations, 128^3 patches at 1 mm, 6 stages)
@@ -230,16 +236,61 @@ def teacher_run(fold: int | None, args: argparse.Namespace) -> Run:
     return Run("teacher", fold, args.seeds[0])
 
 
-def student_runs(args: argparse.Namespace) -> Iterator[Run]:
-    """The student runs, fold by fold; while selecting a variant only ReCo-KD's variants (no ablations)."""
+Chosen = dict[tuple[int | None, int], Variant]  # (fold, width divisor) -> the variant chosen on validation
+
+
+def student_runs(args: argparse.Namespace, chosen: Chosen | None = None) -> Iterator[Run]:
+    """The student runs, fold by fold. While selecting a variant (``chosen`` None): only ReCo-KD's variants, no
+    ablations; with ``chosen``: every row, the distilling ones at their fold and width's chosen variant."""
     for fold in _folds(args):
         for width in args.width_divisors:
             for row in (r for r in args.rows if r != "teacher"):
-                if selecting(args) and ROWS[row].distils and row != "recokd":
+                distils = ROWS[row].distils
+                if selecting(args) and chosen is None and distils and row != "recokd":
                     continue
-                for variant in variants(args) if ROWS[row].distils else [Variant()]:
+                if not distils:
+                    row_variants = [Variant()]
+                elif chosen is not None:
+                    row_variants = [chosen[(fold, width)]]
+                else:
+                    row_variants = variants(args)
+                for variant in row_variants:
                     for seed in args.seeds:
                         yield Run(row, fold, seed, width, variant)
+
+
+def selection_score(summary: dict, names: Sequence[str]) -> float | None:
+    """A validation summary's score for choosing a variant: the mean Dice over ``names`` (the regions when the
+    dataset has them, else the classes), undefined names left out."""
+    return _mean([summary["classes"].get(n, {}).get("dice_mean") for n in names])
+
+
+def choose_variants(args: argparse.Namespace, names: Sequence[str]) -> tuple[Chosen | None, dict]:
+    """Per fold and width, the ReCo-KD variant with the highest validation score (:func:`selection_score`, mean over
+    the seeds; a tie goes to the variant listed first). Returns (the choice, or None while a variant's validation is
+    unfinished; the scores: ``"fold<k>/w<d>"`` -> variant suffix (``""``: the bundle's values) -> score)."""
+    scores: dict[str, dict[str, float | None]] = {}
+    chosen: Chosen = {}
+    complete = True
+    for fold in _folds(args):
+        for width in args.width_divisors:
+            best, best_score = None, -math.inf
+            cell = scores.setdefault(f"{'' if fold is None else f'fold{fold}/'}w{width}", {})
+            for variant in variants(args):
+                per_seed = []
+                for seed in args.seeds:
+                    path = Run("recokd", fold, seed, width, variant).root(args.out) / VALIDATION_EVAL
+                    path = path / "metrics_summary.json"
+                    per_seed.append(selection_score(json.loads(path.read_text()), names) if path.is_file() else None)
+                score = None if None in per_seed else _mean(per_seed)
+                cell[variant.suffix] = score
+                if score is None:
+                    complete = False
+                elif score > best_score:
+                    best, best_score = variant, score
+            if best is not None:
+                chosen[(fold, width)] = best
+    return (chosen if complete else None), scores
 
 
 def run_overrides(run: Run, args: argparse.Namespace, extra: dict[str, object]) -> dict[str, object]:
@@ -278,12 +329,13 @@ def validation_job(run: Run, overrides: dict[str, object], args: argparse.Namesp
                     root / "validate.log")  # fmt: skip
 
 
-def plan(args: argparse.Namespace, extra: dict[str, object]) -> list[jobs.Job]:
+def plan(args: argparse.Namespace, extra: dict[str, object], chosen: Chosen | None = None) -> list[jobs.Job]:
     """Per fold: the teacher's training (when a row distils or the teacher is a row) and test evaluation, then every
     student run's training, test evaluation (not for the variants being selected) and, for the student alone and
-    ReCo-KD, validation evaluation; a distilling run needs its fold's teacher."""
+    ReCo-KD, validation evaluation; a distilling run needs its fold's teacher. While selecting, ``chosen`` (from
+    :func:`choose_variants`) gives the second stage: the chosen variants evaluated on test, and the ablations."""
     todo: list[jobs.Job] = []
-    students = list(student_runs(args))
+    students = list(student_runs(args, chosen))
     for fold in _folds(args):
         mine = [r for r in students if r.fold == fold]
         teacher = teacher_run(fold, args)
@@ -294,7 +346,8 @@ def plan(args: argparse.Namespace, extra: dict[str, object]) -> list[jobs.Job]:
         for run in mine:
             overrides = run_overrides(run, args, extra)
             distils = ROWS[run.row].distils
-            evaluate = None if distils and selecting(args) else _configs(run.row) + [CONFIGS / "evaluate.json"]
+            selection_only = distils and selecting(args) and chosen is None
+            evaluate = None if selection_only else _configs(run.row) + [CONFIGS / "evaluate.json"]
             needs = (teacher.key,) if distils else ()
             todo += train_and_evaluate(run.key, run.root(args.out), _configs(run.row), overrides, evaluate, needs=needs)
             if run.row in ON_VALIDATION:
@@ -312,9 +365,13 @@ def _entry(run: Run, args: argparse.Namespace, folder: Path) -> dict | None:
             "train_seconds": train_seconds(root)}  # fmt: skip
 
 
-def collect(args: argparse.Namespace) -> tuple[dict[str, dict[str, list[dict]]], dict[str, dict[str, list[dict]]]]:
+def collect(
+    args: argparse.Namespace, chosen: Chosen | None = None
+) -> tuple[dict[str, dict[str, list[dict]]], dict[str, dict[str, list[dict]]]]:
     """(test, validation): width block ``w<d>`` -> method -> its finished evaluations (the teacher's in every block);
-    an unfinished run is left out with a line saying so."""
+    an unfinished run is left out with a line saying so. While selecting, validation holds every variant and test,
+    given ``chosen``, each distilling row at its fold's chosen variant under the row's plain name (pooled over
+    folds whose choices differ)."""
     test: dict[str, dict[str, list[dict]]] = {f"w{d}": {} for d in args.width_divisors}
     validation: dict[str, dict[str, list[dict]]] = {f"w{d}": {} for d in args.width_divisors}
     teachers = []
@@ -333,12 +390,20 @@ def collect(args: argparse.Namespace) -> tuple[dict[str, dict[str, list[dict]]],
         wanted = [(test, TEST_EVAL)] if not (ROWS[run.row].distils and selecting(args)) else []
         wanted += [(validation, VALIDATION_EVAL)] if run.row in ON_VALIDATION else []
         for results, folder in wanted:
-            entry = _entry(run, args, folder)
-            if entry is None:
-                print(f"[miss] {run.key} ({folder}): not finished, left out", flush=True)
-            else:
-                results[block].setdefault(run.method, []).append(entry)
+            _add(results[block], run.method, run, args, folder)
+    if selecting(args) and chosen is not None:
+        for run in (r for r in student_runs(args, chosen) if ROWS[r.row].distils):
+            _add(test[f"w{run.width}"], run.row, run, args, TEST_EVAL)
     return {b: m for b, m in test.items() if m}, {b: m for b, m in validation.items() if m}
+
+
+def _add(methods: dict[str, list[dict]], method: str, run: Run, args: argparse.Namespace, folder: Path) -> None:
+    """Append ``run``'s finished evaluation in ``folder`` to ``methods[method]``, or say it is missing."""
+    entry = _entry(run, args, folder)
+    if entry is None:
+        print(f"[miss] {run.key} ({folder}): not finished, left out", flush=True)
+    else:
+        methods.setdefault(method, []).append(entry)
 
 
 def size_and_latency(
@@ -412,6 +477,11 @@ def block_statistics(
         for n in names
     }
     by_name = {m: {n: {"dice": by_dice[n][m], "hd95": by_hd95[n][m]} for n in names} for m in runs}
+    if regions:  # the mean over the regions, as one more score beside the classes and regions
+        over = bootstrap_or_none(_scores(runs, "dice", regions), BASELINE, args.n_boot, args.bootstrap_seed)
+        over_hd95 = bootstrap_or_none(_scores(runs, "hd95", regions), BASELINE, args.n_boot, args.bootstrap_seed, False)
+        for m in runs:
+            by_name[m][REGION_MEAN] = {"dice": over[m], "hd95": over_hd95[m]}
     return {m: {"dice": dice[m], "hd95": hd95[m], "by_name": by_name[m]} for m in runs}
 
 
@@ -483,6 +553,9 @@ def _statistics_lines(
 ) -> list[str]:
     """The test block of one width: the main comparison, then Dice and HD95 per class and region."""
     head = ["method", "seeds", "subjects", "Dice % [95% CI]", "Δ Dice vs student alone [95% CI]", "verdict"]
+    regions = any(REGION_MEAN in s["by_name"] for s in stats.values())
+    if regions:
+        head += ["region Dice % [95% CI]", "Δ region Dice [95% CI]", "verdict (regions)"]
     head += ["HD95 mm [95% CI]", "Δ HD95 vs student alone [95% CI]", "params (M)", "CPU s / volume"]
     main, per_dice, per_hd95 = [], [], []
     for method in (m for m in methods if m in stats):
@@ -492,7 +565,13 @@ def _statistics_lines(
         baseline = method == BASELINE or s["dice"] is None or s["dice"].get("difference") is None
         cells = [label, str(seeds), str((s["dice"] or {}).get("subjects", "–")), ci_cell(s["dice"], 100)]
         cells += ["–" if baseline else ci_cell(s["dice"], 100, "difference", True)]
-        cells += ["–" if baseline else s["dice"]["verdict"], ci_cell(s["hd95"])]
+        cells += ["–" if baseline else s["dice"]["verdict"]]
+        if regions:
+            r = s["by_name"].get(REGION_MEAN, {}).get("dice")
+            no_difference = baseline or r is None or r.get("difference") is None
+            cells += [ci_cell(r, 100), "–" if no_difference else ci_cell(r, 100, "difference", True)]
+            cells += ["–" if no_difference else r["verdict"]]
+        cells += [ci_cell(s["hd95"])]
         cells += ["–" if baseline or s["hd95"] is None else ci_cell(s["hd95"], 1, "difference", True)]
         cells += [_num(size.get("params"), 3, 1e-6), _num(size.get("latency_s"), 2)]
         main.append(cells)
@@ -582,6 +661,35 @@ def _records(split: str, block: str, stats: dict, names: list[str]) -> list[dict
     return out
 
 
+def _choice_lines(args: argparse.Namespace, choice: tuple[Chosen | None, dict] | None, names: list[str]) -> list[str]:
+    """The section on the variant chosen per fold and width: every variant's validation score, the choice."""
+    chosen, scores = choice or (None, {})
+    head = ["fold / width"] + [f"λ_max {lam:g}, warm-up {warm:g}" for lam, warm in (v.values for v in variants(args))]
+    rows = []
+    for cell, by_suffix in scores.items():
+        fold, width = (None, cell) if "/" not in cell else cell.split("/")
+        pick = (chosen or {}).get((None if fold is None else int(fold[4:]), int(width[1:])))
+        row = [cell.replace("/", ", ").replace("w", "1/") + " width"]
+        for variant in variants(args):
+            value = by_suffix.get(variant.suffix)
+            mark = " **chosen**" if pick is not None and variant == pick else ""
+            row.append(_num(value, 2, 100) + mark)
+        rows.append(row)
+    lines = [
+        "## λ_max and warm-up chosen on validation",
+        "",
+        f"Per fold and width, ReCo-KD trained once per variant; score: validation Dice over {', '.join(names)} "
+        "(each run's mean over its validation volumes, then the mean over the names and the seeds), in %. The "
+        "variant with the highest score is the fold's ReCo-KD row on test and the ablations' setting; the test "
+        "split was not read to choose.",
+        "",
+    ]
+    lines += _markdown(head, rows) if rows else []
+    if chosen is None:
+        lines += ["", "Not every variant has its validation evaluation yet: no choice made, ReCo-KD not on test."]
+    return lines + [""]
+
+
 def write_table(
     results: dict[str, dict[str, list[dict]]],
     sizes: dict[str, dict],
@@ -589,6 +697,7 @@ def write_table(
     classes: Sequence[str] | None = None,
     regions: Sequence[str] = (),
     validation: dict[str, dict[str, list[dict]]] | None = None,
+    choice: tuple[Chosen | None, dict] | None = None,
 ) -> str:
     """Write ``table.md`` (returned), ``table.csv`` (the overview), ``table_stats.csv`` and ``table.json`` into
     ``OUT``. ``results`` / ``validation``: width block -> method -> runs (:func:`collect`); ``classes`` default to
@@ -613,11 +722,7 @@ def write_table(
         records += _records("validation", block, stats, names)
         md += _validation_lines(block, methods, stats, widths) if stats else []
     if selecting(args):
-        md += [
-            "Several λ_max / warm-up variants: ReCo-KD's are on validation only. Choose one there and rerun with "
-            "that single --lambda_max / --warmup_fraction to evaluate it on test and train the ablations.",
-            "",
-        ]
+        md += _choice_lines(args, choice, regions or classes)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "table.md").write_text("\n".join(md).rstrip() + "\n")
@@ -654,7 +759,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     p.add_argument("--out", default="runs/recokd")
     p.add_argument("--dataset_dir", default=DEFAULT_DATASET, help="a 3D dataset folder (datalist.json, dataset.json)")
     p.add_argument("--lits_dir", default="data/lits_liver", help="source of the default 3D split")
-    p.add_argument("--profile", choices=list(PROFILES), default=None, help="default sizes (placeholders for now)")
+    p.add_argument("--profile", choices=list(PROFILES), default=None, help="default sizes (budget: 2 CPU cores)")
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=None, help=f"default: {list(ROWS)}")
     p.add_argument("--folds", nargs="+", type=int, default=None,
                    help="folds to run (default: every fold_k list of the datalist; none without them)")  # fmt: skip
@@ -694,28 +799,45 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     return args, parse_overrides(unknown)
 
 
+def _print_plan(todo: list[jobs.Job]) -> None:
+    for job in todo:
+        needs = f"  (after {', '.join(job.needs)})" if job.needs else ""
+        print(f"[{'done' if job.done else 'todo'}] {job.key}{needs}\n    {shlex.join(job.cmd)}")
+    trainings = sum(1 for j in todo if j.marker is not None)
+    print(f"\n{len(todo)} jobs: {trainings} trainings, {len(todo) - trainings} evaluations; "
+          f"{sum(j.done for j in todo)} done")  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     args, extra = parse_args(argv)
     if args.dataset_dir == DEFAULT_DATASET and not (args.report_only or args.plan):
         from common.data.volume_split import write_lits_volume_split
 
         write_lits_volume_split(args.lits_dir, args.dataset_dir)
+    from common.data.dataset_info import load_dataset_info
+
     todo = plan(args, extra)
     if args.plan:
-        for job in todo:
-            needs = f"  (after {', '.join(job.needs)})" if job.needs else ""
-            print(f"[{'done' if job.done else 'todo'}] {job.key}{needs}\n    {shlex.join(job.cmd)}")
-        trainings = sum(1 for j in todo if j.marker is not None)
-        print(f"\n{len(todo)} jobs: {trainings} trainings, {len(todo) - trainings} evaluations; "
-              f"{sum(j.done for j in todo)} done")  # fmt: skip
+        _print_plan(todo)
+        if selecting(args):
+            info = load_dataset_info(args.dataset_dir)
+            chosen = choose_variants(args, list(info.regions) or info.class_names)[0]
+            if chosen is None:
+                print("then, once every variant is validated: per fold and width the chosen variant on test and the "
+                      "ablations at it")  # fmt: skip
+            else:
+                print("\nstage 2, at the variants chosen on validation:")
+                _print_plan([j for j in plan(args, extra, chosen) if j.key not in {t.key for t in todo}])
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     if not args.report_only:
         jobs.run(todo, env, args.parallel)
-    from common.data.dataset_info import load_dataset_info
-
     info = load_dataset_info(args.dataset_dir)
-    results, validation = collect(args)
+    names = list(info.regions) or info.class_names  # what a variant is chosen on: the regions, else the classes
+    choice = choose_variants(args, names) if selecting(args) else None
+    if choice is not None and choice[0] is not None and not args.report_only:
+        jobs.run(plan(args, extra, choice[0]), env, args.parallel)
+    results, validation = collect(args, choice[0] if choice else None)
     if not results:
         sys.exit("error: no finished run to report")
     sizes = {}
@@ -723,7 +845,7 @@ def main(argv: list[str] | None = None) -> None:
         sizes["teacher"] = size_and_latency("teacher", args, extra)
     for block in results:
         sizes[block] = size_and_latency(BASELINE, args, extra, int(block[1:]))
-    print(write_table(results, sizes, args, info.class_names, list(info.regions), validation))
+    print(write_table(results, sizes, args, info.class_names, list(info.regions), validation, choice))
     print(f"\nwritten: {Path(args.out) / 'table.md'} (and table.csv, table_stats.csv, table.json)")
 
 

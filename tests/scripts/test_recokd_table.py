@@ -206,6 +206,57 @@ def test_selecting_lambda_trains_variants_on_validation_only_then_the_choice_run
     assert not any(k.startswith("w4/recokd/") for k in keys)
 
 
+def _validated(out: Path, key: str, wt: float, tc: float, et: float) -> None:
+    """A fake validation summary of the run ``key`` with the given region Dice."""
+    folder = out / key / "eval_validation"
+    folder.mkdir(parents=True, exist_ok=True)
+    regions = {"WT": {"dice_mean": wt}, "TC": {"dice_mean": tc}, "ET": {"dice_mean": et}}
+    (folder / "metrics_summary.json").write_text(json.dumps({"classes": {**regions, "oedema": {"dice_mean": 1.0}}}))
+
+
+def test_selection_chooses_per_fold_on_validation_regions_then_plans_the_chosen_on_test_and_the_ablations(tmp_path):
+    data = _fold_dataset(tmp_path / "data")
+    base = ["--out", str(tmp_path / "out"), "--dataset_dir", str(data), "--rows", "student_only", "recokd",
+            "sard_only", "--seeds", "0", "1", "--folds", "0", "1", "--lambda_max", "0.01", "0.1"]  # fmt: skip
+    args, _ = recokd_table.parse_args(base)
+    out = Path(args.out)
+    assert recokd_table.choose_variants(args, REGIONS)[0] is None  # nothing validated yet
+    # fold 0: λ 0.1 wins on the regions' mean over both seeds, although oedema (not a region) is the same;
+    # fold 1: the default wins; one seed alone would have chosen otherwise
+    for key, regions in {"fold0/w4/recokd/seed0": (0.5, 0.5, 0.5), "fold0/w4/recokd/seed1": (0.5, 0.5, 0.5),
+                         "fold0/w4/recokd_lam0.1/seed0": (0.6, 0.6, 0.3), "fold0/w4/recokd_lam0.1/seed1": (0.6, 0.5, 0.5),
+                         "fold1/w4/recokd/seed0": (0.4, 0.4, 0.4), "fold1/w4/recokd/seed1": (0.8, 0.8, 0.8),
+                         "fold1/w4/recokd_lam0.1/seed0": (0.5, 0.5, 0.5)}.items():  # fmt: skip
+        _validated(out, key, *regions)
+    assert recokd_table.choose_variants(args, REGIONS)[0] is None  # fold 1's λ 0.1, seed 1 unfinished
+    _validated(out, "fold1/w4/recokd_lam0.1/seed1", 0.5, 0.5, 0.5)
+    chosen, scores = recokd_table.choose_variants(args, REGIONS)
+    V = recokd_table.Variant
+    assert chosen == {(0, 4): V(0.1), (1, 4): V(0.01)}
+    assert scores["fold0/w4"]["_lam0.1"] == pytest.approx((0.5 + 1.6 / 3) / 2)
+    assert scores["fold1/w4"][""] == pytest.approx(0.6)
+    stage1 = {j.key for j in recokd_table.plan(args, {})}
+    stage2 = {j.key for j in recokd_table.plan(args, {}, chosen)}
+    new = stage2 - stage1
+    assert {"fold0/w4/recokd_lam0.1/seed0/evaluate", "fold0/w4/sard_only_lam0.1/seed1",
+            "fold1/w4/recokd/seed1/evaluate", "fold1/w4/sard_only/seed0/evaluate"} <= new  # fmt: skip
+    assert not any("recokd_lam0.1" in k for k in new if k.startswith("fold1/"))  # the unchosen variant stays off test
+    retrained = [k for k in new if k.endswith(("/seed0", "/seed1")) and "/recokd" in k]
+    assert not retrained  # the chosen variants' trainings are those of the selection
+    # the table: the chosen runs pooled under the plain row name; the choice section marks each fold's pick
+    for key in ("fold0/w4/recokd_lam0.1/seed0", "fold0/w4/recokd_lam0.1/seed1", "fold1/w4/recokd/seed0",
+                "fold1/w4/recokd/seed1"):  # fmt: skip
+        _write_eval(out / key / "eval", "recokd", int(key[-1]), [0, 1])
+    for key in ("fold0/w4/student_only/seed0", "fold0/w4/student_only/seed1", "fold1/w4/student_only/seed0",
+                "fold1/w4/student_only/seed1"):  # fmt: skip
+        _write_eval(out / key / "eval", "student_only", int(key[-1]), [0, 1])
+    results, _ = recokd_table.collect(args, chosen)
+    assert [len(results["w4"][m]) for m in ("student_only", "recokd")] == [4, 4]
+    lines = recokd_table._choice_lines(args, (chosen, scores), REGIONS)
+    assert "| fold0, 1/4 width | 50.00 | 51.67 **chosen** |" in lines
+    assert "| fold1, 1/4 width | 60.00 **chosen** | 50.00 |" in lines
+
+
 def test_profiles_state_the_sizes_of_the_issue():
     budget = recokd_table.PROFILES["budget"]
     assert budget["width_divisors"] == [4, 8] and len(budget["seeds"]) >= 2
@@ -216,6 +267,8 @@ def test_profiles_state_the_sizes_of_the_issue():
     overrides = recokd_table.run_overrides(Run("recokd", None, 0, 8), args, extra)
     assert overrides["patch_size"] == [32, 32, 32] and overrides["spacing"] == [2.0, 2.0, 2.0]  # the command wins
     assert overrides["epochs"] == 3 and args.seeds == budget["seeds"]
+    assert args.lambda_max == budget["lambda_max"] and len(args.lambda_max) >= 3  # chosen on validation
+    assert recokd_table.selecting(args) and not recokd_table.selecting(recokd_table.parse_args([])[0])
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -289,6 +342,11 @@ def test_collect_and_table_on_fake_folds_give_the_paired_bootstrap_of_common_sta
                           "student_only", n_boot=200, seed=0)  # fmt: skip
     assert stats["recokd"]["by_name"]["ET"]["dice"]["mean"] == pytest.approx(et["recokd"]["mean"])
     assert stats["recokd"]["by_name"]["ET"]["dice"]["subjects"] == 5  # patient 5 has no ET
+    over = paired_bootstrap({m: _expected_scores(m, [0] if m == "teacher" else [0, 1], REGIONS) for m in BASE},
+                            "student_only", n_boot=200, seed=0)  # fmt: skip
+    got = stats["recokd"]["by_name"][recokd_table.REGION_MEAN]["dice"]
+    assert got["mean"] == pytest.approx(over["recokd"]["mean"]) and got["difference"] == pytest.approx(0.05)
+    assert "region Dice % [95% CI]" in md and "Δ region Dice [95% CI]" in md
     hd95 = paired_bootstrap({m: _expected_scores(m, [0] if m == "teacher" else [0, 1], CLASSES, "hd95") for m in BASE},
                             "student_only", n_boot=200, seed=0, higher_is_better=False)  # fmt: skip
     assert stats["recokd"]["hd95"]["mean"] == pytest.approx(hd95["recokd"]["mean"])

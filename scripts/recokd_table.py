@@ -267,6 +267,11 @@ def selection_score(summary: dict, names: Sequence[str]) -> float | None:
     return _mean([summary["classes"].get(n, {}).get("dice_mean") for n in names])
 
 
+def _cell(fold: int | None, width: int) -> str:
+    """The key of a fold and width in the selection scores: ``fold<k>/w<d>`` (``w<d>`` without folds)."""
+    return f"{'' if fold is None else f'fold{fold}/'}w{width}"
+
+
 def choose_variants(args: argparse.Namespace, names: Sequence[str]) -> tuple[Chosen | None, dict]:
     """Per fold and width, the ReCo-KD variant with the highest validation score (:func:`selection_score`, mean over
     the seeds; a tie goes to the variant listed first). Returns (the choice, or None while a variant's validation is
@@ -277,12 +282,15 @@ def choose_variants(args: argparse.Namespace, names: Sequence[str]) -> tuple[Cho
     for fold in _folds(args):
         for width in args.width_divisors:
             best, best_score = None, -math.inf
-            cell = scores.setdefault(f"{'' if fold is None else f'fold{fold}/'}w{width}", {})
+            cell = scores.setdefault(_cell(fold, width), {})
             for variant in variants(args):
                 per_seed = []
                 for seed in args.seeds:
-                    path = Run("recokd", fold, seed, width, variant).root(args.out) / VALIDATION_EVAL
-                    path = path / "metrics_summary.json"
+                    path = (
+                        Run("recokd", fold, seed, width, variant).root(args.out)
+                        / VALIDATION_EVAL
+                        / "metrics_summary.json"
+                    )
                     per_seed.append(selection_score(json.loads(path.read_text()), names) if path.is_file() else None)
                 score = None if None in per_seed else _mean(per_seed)
                 cell[variant.suffix] = score
@@ -668,14 +676,12 @@ def _choice_lines(args: argparse.Namespace, choice: tuple[Chosen | None, dict] |
     chosen, scores = choice or (None, {})
     head = ["fold / width"] + [f"λ_max {lam:g}, warm-up {warm:g}" for lam, warm in (v.values for v in variants(args))]
     rows = []
-    for cell, by_suffix in scores.items():
-        fold, width = (None, cell) if "/" not in cell else cell.split("/")
-        pick = (chosen or {}).get((None if fold is None else int(fold[4:]), int(width[1:])))
-        row = [cell.replace("/", ", ").replace("w", "1/") + " width"]
+    for fold, width in ((f, w) for f in _folds(args) for w in args.width_divisors if _cell(f, w) in scores):
+        pick = (chosen or {}).get((fold, width))
+        row = [("" if fold is None else f"fold{fold}, ") + f"1/{width} width"]
         for variant in variants(args):
-            value = by_suffix.get(variant.suffix)
-            mark = " **chosen**" if pick is not None and variant == pick else ""
-            row.append(_num(value, 2, 100) + mark)
+            mark = " **chosen**" if variant == pick else ""
+            row.append(_num(scores[_cell(fold, width)].get(variant.suffix), 2, 100) + mark)
         rows.append(row)
     lines = [
         "## λ_max and warm-up chosen on validation",
@@ -802,6 +808,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
 
 
 def _print_plan(todo: list[jobs.Job]) -> None:
+    """Each job (done or not, what it waits for, its command), then the counts."""
     for job in todo:
         needs = f"  (after {', '.join(job.needs)})" if job.needs else ""
         print(f"[{'done' if job.done else 'todo'}] {job.key}{needs}\n    {shlex.join(job.cmd)}")

@@ -11,8 +11,9 @@ Every training and evaluation is a ``monai.bundle`` run of ``bundles/recokd_stud
   ``fold_{k+1}`` and trains on the rest, so each patient is tested exactly once). Without fold lists the datalist's
   own ``training`` / ``validation`` / ``test`` lists are used (the LiTS slabs of the default ``--dataset_dir``).
 - per fold, a full-width teacher (``teacher.json``, first seed) in ``OUT/[fold<k>/]teacher``;
-- per fold, width divisor (``--width_divisors 4 8``), row and seed (``--seeds 0 1``), a student in
-  ``OUT/[fold<k>/]w<d>/<row>/seed<s>``; the rows that distil need their fold's teacher;
+- per fold, width divisor (``--width_divisors 4 8``), row and seed (``--seeds 0 1``; ``--single_seed_rows sard_only
+  ca_only``: those rows the first seed only), a student in ``OUT/[fold<k>/]w<d>/<row>/seed<s>``; the rows that
+  distil need their fold's teacher;
 - each run is evaluated on its test split (``eval/``); the student alone and ReCo-KD also on the validation split
   (``eval_validation/``), where λ_max and the warm-up are chosen: several ``--lambda_max`` (or ``--warmup_fraction``)
   values train ReCo-KD once per variant (``recokd_lam0.1``; a value equal to the bundle's default keeps the plain
@@ -238,6 +239,11 @@ def teacher_run(fold: int | None, args: argparse.Namespace) -> Run:
     return Run("teacher", fold, args.seeds[0])
 
 
+def _seeds(row: str, args: argparse.Namespace) -> list[int]:
+    """The seeds of a student row: the first only for a row of ``--single_seed_rows``."""
+    return args.seeds[:1] if row in args.single_seed_rows else args.seeds
+
+
 Chosen = dict[tuple[int | None, int], Variant]  # (fold, width divisor) -> the variant chosen on validation
 
 
@@ -257,7 +263,7 @@ def student_runs(args: argparse.Namespace, chosen: Chosen | None = None) -> Iter
                 else:
                     row_variants = variants(args)
                 for variant in row_variants:
-                    for seed in args.seeds:
+                    for seed in _seeds(row, args):
                         yield Run(row, fold, seed, width, variant)
 
 
@@ -285,7 +291,7 @@ def choose_variants(args: argparse.Namespace, names: Sequence[str]) -> tuple[Cho
             cell = scores.setdefault(_cell(fold, width), {})
             for variant in variants(args):
                 per_seed = []
-                for seed in args.seeds:
+                for seed in _seeds("recokd", args):
                     path = (
                         Run("recokd", fold, seed, width, variant).root(args.out)
                         / VALIDATION_EVAL
@@ -620,6 +626,8 @@ def _notes(results: dict, sizes: dict, classes: list[str], args: argparse.Namesp
     shape = next((v["volume_shape"] for v in sizes.values() if "volume_shape" in v), None)
     widths = " and ".join(f"1/{d}" for d in args.width_divisors)
     seeds = ", ".join(map(str, args.seeds))
+    if args.single_seed_rows:
+        seeds += f" ({', '.join(args.single_seed_rows)}: {args.seeds[0]} only)"
     folds = [f for f in _folds(args) if f is not None]
     where = (
         f"the test folds of `{args.dataset_dir}` (folds {', '.join(map(str, folds))}; fold k tests on fold_k, "
@@ -772,6 +780,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     p.add_argument("--folds", nargs="+", type=int, default=None,
                    help="folds to run (default: every fold_k list of the datalist; none without them)")  # fmt: skip
     p.add_argument("--seeds", "--seed", nargs="+", type=int, default=None, help="seeds of every student (default 0 1)")
+    p.add_argument(
+        "--single_seed_rows",
+        nargs="*",
+        default=[],
+        choices=[r for r in ROWS if r != "teacher"],
+        help="student rows run with the first seed only (e.g. the ablations, to save time)",
+    )
     p.add_argument("--width_divisors", "--width_divisor", nargs="+", type=int, default=None,
                    help="student width = teacher width / each of these (2, 4, 8; default 4)")  # fmt: skip
     p.add_argument("--epochs", type=int, default=None)

@@ -27,7 +27,7 @@ def _args(tmp_path: Path, **kw) -> argparse.Namespace:
     base = dict(out=str(tmp_path / "out"), dataset_dir="data/x", seeds=[0], epochs=20, batches_per_epoch=10,
                 teacher_epochs=None, width_divisors=[4], threads=1, latency_runs=2, rows=list(recokd_table.ROWS),
                 folds=[], lambda_max=None, warmup_fraction=None, bundle_overrides={}, n_boot=200,
-                bootstrap_seed=0)  # fmt: skip
+                bootstrap_seed=0, single_seed_rows=[])  # fmt: skip
     return argparse.Namespace(**{**base, **kw})
 
 
@@ -255,6 +255,21 @@ def test_selection_chooses_per_fold_on_validation_regions_then_plans_the_chosen_
     lines = recokd_table._choice_lines(args, (chosen, scores), REGIONS)
     assert "| fold0, 1/4 width | 50.00 | 51.67 **chosen** |" in lines
     assert "| fold1, 1/4 width | 60.00 **chosen** | 50.00 |" in lines
+
+
+def test_single_seed_rows_run_the_first_seed_only_and_the_others_keep_every_seed(tmp_path):
+    data = _fold_dataset(tmp_path / "data")
+    base = ["--out", str(tmp_path / "out"), "--dataset_dir", str(data), "--rows", "student_only", "recokd",
+            "sard_only", "ca_only", "--seeds", "0", "1", "--folds", "0"]  # fmt: skip
+    args, _ = recokd_table.parse_args(base + ["--single_seed_rows", "sard_only", "ca_only"])
+    seeds = {}
+    for run in recokd_table.student_runs(args):
+        seeds.setdefault(run.row, []).append(run.seed)
+    assert seeds == {"student_only": [0, 1], "recokd": [0, 1], "sard_only": [0], "ca_only": [0]}
+    trainings = {j.key for j in recokd_table.plan(args, {}) if j.marker is not None}
+    assert "fold0/w4/sard_only/seed0" in trainings and "fold0/w4/sard_only/seed1" not in trainings
+    with pytest.raises(SystemExit):  # the teacher has one run anyway: not a student row
+        recokd_table.parse_args(base + ["--single_seed_rows", "teacher"])
 
 
 def test_profiles_state_the_sizes_of_the_issue():

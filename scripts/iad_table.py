@@ -9,7 +9,8 @@ For each label budget N (``--budgets 8 32 all``: N labelled training subjects) t
 2. trains every row and seed into ``OUT/budget_<N>/<row>/seed<k>`` from the same N subjects (``--label_budget N``,
    drawn with ``--budget_seed``); the rows that learn from the teacher also take the other training subjects'
    images as unlabelled data, labelled by that teacher (``--unlabelled rest``), and distil from it; then evaluates
-   each on the test split (``train.json`` + the row's configs + ``evaluate.json``).
+   each on the test split (``train.json`` + the row's configs + ``evaluate.json``). The control row ``self_kd`` does
+   the same with the student alone of its seed as the teacher (``self_kd.json``): what SAM adds beyond self-training.
 
 With ``--teacher_root`` (a teacher already trained on every label, as ``run_pipeline.py`` trains it) there is no
 budget axis: the teacher is only evaluated, into ``OUT/teacher``, and the runs are in ``OUT/<row>/seed<k>``.
@@ -64,16 +65,19 @@ PER_CASE = Path("eval") / "metrics_per_case.csv"  # in a run's bundle_root: writ
 
 
 class Row(NamedTuple):
-    """A row of the table: its label, the variant configs merged after ``train.json``, whether it learns from the
-    teacher (it then needs the teacher of its budget and sees the unlabelled images)."""
+    """A row of the table: its label, the variant configs merged after ``train.json``, whether it learns from a
+    teacher (it then sees the unlabelled images), and whether that teacher is the student alone of its seed (the
+    self-distillation control) rather than the SAM teacher of its budget."""
 
     label: str
     variants: list[str]
     distils: bool
+    self_taught: bool = False
 
 
 ROWS = {
     "student_only": Row("Student only", ["student_only.json"], False),
+    "self_kd": Row("Self-KD (student teacher, no SAM)", ["kd.json", "self_kd.json"], True, True),
     "kd": Row("KD (Hinton)", ["kd.json"], True),
     "kd_kas": Row("KD + KAS", ["kd_kas.json"], True),
     "kis_only": Row("IAD (KIS only)", ["kis_only.json"], True),
@@ -119,6 +123,7 @@ PROFILES: dict[str, dict[str, object]] = {
             "students:batch_size=8",
             "student_only:val_interval=40",
             "kd:temperature=1",
+            "self_kd:temperature=1",  # the control distils as KD does
         ],
     },
     "gpu": {
@@ -166,6 +171,15 @@ def blocks(args: argparse.Namespace) -> list[Block]:
 
 def _seeds(row: str, args: argparse.Namespace) -> list[int]:
     return args.seeds[:1] if row in args.single_seed_rows else args.seeds
+
+
+def self_teacher(block: Block, seed: int, args: argparse.Namespace) -> tuple[str, Path]:
+    """The job key and ``model.pt`` of the student alone that teaches a self-KD run of ``seed`` (the same seed, else
+    the first seed the student alone has)."""
+    seeds = _seeds(BASELINE, args)
+    teacher_seed = seed if seed in seeds else seeds[0]
+    key = f"{block.prefix}{BASELINE}/seed{teacher_seed}"
+    return key, block.run_root(BASELINE, teacher_seed) / "models" / "model.pt"
 
 
 def _budget_overrides(budget: str, args: argparse.Namespace) -> dict[str, object]:
@@ -246,6 +260,8 @@ def student_overrides(block: Block, row: str, seed: int, args: argparse.Namespac
     overrides.update(_budget_overrides(block.budget, args))
     # the other training subjects' images, labelled by the teacher, for a row that learns from it under a budget
     overrides["unlabelled"] = "rest" if ROWS[row].distils and block.budget != "all" else "none"
+    if ROWS[row].self_taught:
+        overrides["self_teacher_ckpt"] = str(self_teacher(block, seed, args)[1])
     sized = run_epochs(block, row, args)
     if sized is not None:
         overrides["epochs"], overrides["kis_epochs"] = sized
@@ -265,6 +281,8 @@ def plan(args: argparse.Namespace) -> list[jobs.Job]:
             evaluate = configs + [CONFIGS / "evaluate.json"]
             needs = (f"{block.prefix}teacher_cache",) if ROWS[row].distils and not block.given_teacher else ()
             for seed in _seeds(row, args):
+                if ROWS[row].self_taught:  # its teacher is a student alone; it fills its own cache entries
+                    needs = (self_teacher(block, seed, args)[0],)
                 overrides = student_overrides(block, row, seed, args)
                 key = f"{block.prefix}{row}/seed{seed}"
                 todo += train_and_evaluate(key, block.run_root(row, seed), configs, overrides, evaluate, needs=needs)
@@ -570,6 +588,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, list(value) if isinstance(value, list) else value)
     # the profile's row overrides first, so that the command line's win
     args.row_overrides = parse_row_overrides([*profile.get("row_overrides", []), *args.row_overrides])
+    if any(ROWS[r].self_taught for r in args.rows) and BASELINE not in args.rows:
+        p.error(f"--rows {' '.join(args.rows)}: self_kd learns from the {BASELINE} runs; add {BASELINE}")
     args.threads = args.threads or jobs.threads_per_job(args.parallel, {})
     return args
 

@@ -34,7 +34,7 @@ from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from common.checkpoints import load_checked, optional_path, read_state_dict
 from common.errors import CheckpointError, InputError
 
-__all__ = ["EfficientUNetStudent", "load_imagenet_encoder_weights", "adapt_stem_weight"]
+__all__ = ["EfficientUNetStudent", "trained_student", "load_imagenet_encoder_weights", "adapt_stem_weight"]
 
 # Encoder modules that only the ImageNet classifier uses; FlexibleUNet never runs them.
 _UNUSED_ENCODER_HEAD = ("_conv_head", "_conv_head_padding", "_bn1", "_avg_pooling", "_dropout", "_fc")
@@ -206,3 +206,16 @@ class EfficientUNetStudent(FlexibleUNet):
         encoded = self.encoder(inputs)
         logits = self.segmentation_head(self.decoder(encoded, self.skip_connect))
         return {"logits": logits, "features": encoded[-1]}
+
+
+def trained_student(
+    num_classes: int, in_channels: int, checkpoint: str | os.PathLike[str] | None, **kwargs: object
+) -> EfficientUNetStudent:
+    """A student loaded from a trained run's ``model.pt``, to serve as the teacher of the self-distillation control
+    (``self_kd.json``): a missing path is one clear error, not a silently random teacher."""
+    if optional_path(checkpoint) is None:
+        raise CheckpointError(
+            "self_kd.json needs --self_teacher_ckpt: the models/model.pt of a trained student of this task "
+            "(e.g. a student_only run)."
+        )
+    return EfficientUNetStudent(num_classes, in_channels, checkpoint=checkpoint, **kwargs)

@@ -134,3 +134,37 @@ def test_teacher_logits_are_warped_with_border_padding(setup):
     out = affine(data)
     assert float(out["image"].min()) < 0.5  # the image's corners are padded with zeros
     assert float(out["teacher_logits"].min()) == pytest.approx(5.0)  # the constant logits stay constant
+
+
+def test_self_kd_distils_from_a_saved_student_and_refuses_a_missing_one(setup):
+    """The control row: the teacher is the saved student alone (equal weights, its logits are the cached ones), no
+    SAM; without --self_teacher_ckpt the run stops with one line saying which option is missing."""
+    from common.engines.teacher_cache import _loading_part
+    from common.errors import CheckpointError, _find_input_error
+
+    root, o = setup
+    torch.manual_seed(0)
+    alone = EfficientUNetStudent(3).eval()
+    torch.save({"model": alone.state_dict()}, root / "alone.pt")
+    cache = root / "cache_self"
+    overrides = {**o, "teacher_cache_dir": str(cache)}
+    bundle = root / "self_kd"
+    run(config_file=[str(CONFIGS / c) for c in ("train.json", "kd.json", "self_kd.json")], bundle_root=str(bundle),
+        epochs=1, label_budget=2, unlabelled="rest", self_teacher_ckpt=str(root / "alone.pt"), **overrides)  # fmt: skip
+    parser = _parser(["train.json", "kd.json", "self_kd.json"], bundle_root=str(bundle),
+                     self_teacher_ckpt=str(root / "alone.pt"), **overrides)  # fmt: skip
+    teacher = parser.get_parsed_content("teacher_def")
+    assert all(torch.equal(v, alone.state_dict()[k]) for k, v in teacher.state_dict().items())
+    entries = sorted(cache.glob("*/*.pt"))
+    assert len(entries) == 6  # every training image, labelled or not
+    prepare = _loading_part(parser.get_parsed_content("train#preprocessing"))  # what the cache is keyed on
+    image = torch.as_tensor(prepare(dict(parser.get_parsed_content("train#datalist")[0]))["image"]).float()
+    image = image.as_subclass(torch.Tensor)
+    with torch.no_grad():
+        expected = alone(image[None])[0]
+    cached = parser.get_parsed_content("teacher_cache").load(image)
+    assert cached is not None and torch.allclose(cached["logits"], expected, atol=1e-5)
+    with pytest.raises(RuntimeError) as info:  # MONAI wraps it; the CLI's excepthook prints the CheckpointError
+        _parser(["train.json", "kd.json", "self_kd.json"], **o).get_parsed_content("teacher_def")
+    error = _find_input_error(info.value)
+    assert isinstance(error, CheckpointError) and "self_kd.json needs --self_teacher_ckpt" in str(error)

@@ -91,6 +91,24 @@ def test_plan_trains_a_teacher_per_budget_then_every_row_and_seed_with_its_overr
     assert "budget_8/teacher/evaluate" not in {j.key for j in single} and "budget_8/teacher" in {j.key for j in single}
 
 
+def test_self_kd_is_taught_by_the_student_alone_of_its_seed(tmp_path):
+    args = _args(tmp_path, "--budgets", "8", "--rows", "student_only", "self_kd", "kd", "--single_seed_rows",
+                 "student_only", "--row_overrides", "self_kd:temperature=1")  # fmt: skip
+    job = {j.key: j for j in iad_table.plan(args)}
+    out = tmp_path / "out" / "budget_8"
+    for seed in (0, 1):  # seed 1 has no student alone: the first seed's teaches it
+        run = job[f"budget_8/self_kd/seed{seed}"]
+        assert run.needs == ("budget_8/student_only/seed0",)
+        assert _opt(run.cmd, "--self_teacher_ckpt") == str(out / "student_only" / "seed0" / "models" / "model.pt")
+        assert "kd.json" in run.cmd[5] and "self_kd.json" in run.cmd[5] and _opt(run.cmd, "--unlabelled") == "rest"
+        assert _opt(run.cmd, "--temperature") == "1"
+    assert "--self_teacher_ckpt" not in job["budget_8/kd/seed0"].cmd
+    two = iad_table.plan(_args(tmp_path, "--budgets", "8", "--rows", "student_only", "self_kd"))
+    assert {j.key: j.needs for j in two}["budget_8/self_kd/seed1"] == ("budget_8/student_only/seed1",)
+    with pytest.raises(SystemExit):  # no student alone to learn from
+        _args(tmp_path, "--rows", "self_kd", "kd")
+
+
 def test_profiles_fill_the_sizes_that_options_leave_unset():
     args = iad_table.parse_args(["--profile", "gpu", "--epochs", "7"])
     gpu = iad_table.PROFILES["gpu"]

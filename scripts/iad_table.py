@@ -12,6 +12,13 @@ For each label budget N (``--budgets 8 32 all``: N labelled training subjects) t
    each on the test split (``train.json`` + the row's configs + ``evaluate.json``). The control row ``self_kd`` does
    the same with the student alone of its seed as the teacher (``self_kd.json``): what SAM adds beyond self-training.
 
+Settings chosen on validation (``--grid iad:alpha=0.02,0.2 iad:kis_fraction=0.33,0.67``; ``kis_fraction`` is KIS's
+share of ``--iterations``, any other key a bundle override): every combination of a gridded row trains into
+``OUT/budget_<N>/<row>_<key><value>…/seed<k>`` and is evaluated on the validation split (``eval_validation/``); once
+all are, per budget the combination with the highest mean validation Dice (seeds averaged) is evaluated on test and
+reported as the row, and the table lists every combination's validation score (the second stage of the same
+command).
+
 With ``--teacher_root`` (a teacher already trained on every label, as ``run_pipeline.py`` trains it) there is no
 budget axis: the teacher is only evaluated, into ``OUT/teacher``, and the runs are in ``OUT/<row>/seed<k>``.
 
@@ -27,6 +34,8 @@ seeds averaged inside a subject, subjects resampled with the pairing between row
 
     python scripts/iad_table.py --dataset_dir data/hc18 --out runs/iad_hc18 --profile budget --parallel 2
     python scripts/iad_table.py --dataset_dir data/hc18 --out runs/iad_hc18 --row_overrides kd:temperature=1 --plan
+    python scripts/iad_table.py --dataset_dir data/hc18 --out runs/iad_hc18 --profile budget \
+        --grid iad:alpha=0.2,1 iad:gamma=0.1,1 --plan
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import itertools
 import math
 import os
 import shlex
@@ -88,6 +98,18 @@ ROWS = {
     "kas_only": Row("IAD (KAS only)", ["kas_only.json"], False),
 }
 BASELINE = "student_only"  # every other row's paired difference is to this one
+VALIDATION_EVAL = Path("eval_validation")  # in a run's bundle_root: a gridded variant's evaluation on validation
+TABLE_KEYS = ("kis_fraction",)  # grid keys the table itself applies (KIS's share of --iterations), not the bundle
+
+
+class Variant(NamedTuple):
+    """One point of a row's ``--grid``: its folder name (``iad_alpha0.02_gamma1``; the plain row without a grid)
+    and the settings it trains with."""
+
+    name: str
+    settings: dict[str, object]
+
+
 TEACHER_NAMES = {"litemedsam": "LiteMedSAM", "vit_b": "SAM ViT-B", "vit_l": "SAM ViT-L", "vit_h": "SAM ViT-H"}
 DEFAULT_ROWS = ["student_only", "kd", "kd_kas", "kis_only", "iad"]
 
@@ -215,7 +237,9 @@ def teacher_jobs(block: Block, args: argparse.Namespace) -> list[jobs.Job]:
     return train_and_evaluate(f"{block.prefix}teacher", block.teacher_root, train, overrides, evaluate)
 
 
-def run_epochs(block: Block, row: str, args: argparse.Namespace) -> tuple[int, int] | None:
+def run_epochs(
+    block: Block, row: str, args: argparse.Namespace, kis_fraction: float | None = None
+) -> tuple[int, int] | None:
     """(epochs, kis_epochs) that give a run ``--iterations`` optimiser steps whatever its epoch length (a row that
     sees the unlabelled images has longer epochs than the student alone), KIS taking ``--kis_fraction`` of them; None
     without ``--iterations`` (``--epochs``/``--kis_epochs`` then apply)."""
@@ -230,7 +254,8 @@ def run_epochs(block: Block, row: str, args: argparse.Namespace) -> tuple[int, i
     batch = int(args.row_overrides.get("students", {}).get("batch_size", _bundle_default("batch_size")))
     per_epoch = math.ceil(len(items) / batch)
     epochs = max(2, math.ceil(args.iterations / per_epoch))
-    return epochs, max(1, min(epochs - 1, round(args.kis_fraction * epochs)))
+    fraction = args.kis_fraction if kis_fraction is None else kis_fraction
+    return epochs, max(1, min(epochs - 1, round(fraction * epochs)))
 
 
 def cache_job(block: Block, args: argparse.Namespace) -> jobs.Job:
@@ -248,11 +273,14 @@ def cache_job(block: Block, args: argparse.Namespace) -> jobs.Job:
                     needs=(f"{block.prefix}teacher",), log=root / "cache.log")  # fmt: skip
 
 
-def student_overrides(block: Block, row: str, seed: int, args: argparse.Namespace) -> dict[str, object]:
+def student_overrides(
+    block: Block, row: str, seed: int, args: argparse.Namespace, variant: Variant | None = None
+) -> dict[str, object]:
     """The bundle overrides of one student run: sizes, the teacher of its block, its label budget, then the
-    ``students`` and the row's own ``--row_overrides``."""
+    ``students`` and the row's own ``--row_overrides``, then the settings of its ``--grid`` variant."""
+    variant = variant or Variant(row, {})
     adapter = args.teacher_adapter if block.given_teacher else str(block.teacher_root / "models" / "adapter.pt")
-    overrides = {"bundle_root": str(block.run_root(row, seed)), "dataset_dir": args.dataset_dir, "seed": seed}
+    overrides = {"bundle_root": str(block.run_root(variant.name, seed)), "dataset_dir": args.dataset_dir, "seed": seed}
     overrides.update({"epochs": args.epochs, "kis_epochs": args.kis_epochs, "image_size": args.image_size})
     overrides.update({"num_workers": 0, "teacher_arch": args.teacher_arch, "teacher_ckpt": args.teacher_ckpt})
     overrides.update({"teacher_adapter": adapter, "teacher_image_size": args.teacher_image_size})
@@ -262,15 +290,82 @@ def student_overrides(block: Block, row: str, seed: int, args: argparse.Namespac
     overrides["unlabelled"] = "rest" if ROWS[row].distils and block.budget != "all" else "none"
     if ROWS[row].self_taught:
         overrides["self_teacher_ckpt"] = str(self_teacher(block, seed, args)[1])
-    sized = run_epochs(block, row, args)
+    sized = run_epochs(block, row, args, variant.settings.get("kis_fraction"))
     if sized is not None:
         overrides["epochs"], overrides["kis_epochs"] = sized
-    return {**_sized(overrides), **args.row_overrides.get("students", {}), **args.row_overrides.get(row, {})}
+    bundle = {k: v for k, v in variant.settings.items() if k not in TABLE_KEYS}
+    return {**_sized(overrides), **args.row_overrides.get("students", {}), **args.row_overrides.get(row, {}), **bundle}
 
 
-def plan(args: argparse.Namespace) -> list[jobs.Job]:
+def row_variants(row: str, args: argparse.Namespace) -> list[Variant]:
+    """Every combination of the row's ``--grid`` values (named by key and value, in the grid's order), or the row
+    itself when it has no grid."""
+    grid = args.grid.get(row)
+    if not grid:
+        return [Variant(row, {})]
+    keys = list(grid)
+    out = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        changed = [(k, v) for k, v in zip(keys, values) if v != _row_value(row, k, args)]
+        out.append(Variant(row + "".join(f"_{k}{_short(v)}" for k, v in changed), dict(zip(keys, values))))
+    return out
+
+
+def _row_value(row: str, key: str, args: argparse.Namespace) -> object:
+    """What a row's run trains with for ``key`` without a grid: its ``--row_overrides``, else the ``students``
+    ones, else its variant configs', else ``train.json``'s (``kis_fraction``: the table's option). A grid value equal
+    to it keeps the row's plain name, so a finished run of the row is reused, not trained again."""
+    if key == "kis_fraction":
+        return args.kis_fraction
+    for source in (args.row_overrides.get(row, {}), args.row_overrides.get("students", {})):
+        if key in source:
+            return source[key]
+    for config in reversed([CONFIGS / "train.json", *(CONFIGS / v for v in ROWS[row].variants)]):
+        values = json.loads(config.read_text())
+        if key in values:
+            return values[key]
+    return None
+
+
+def _short(value: object) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+
+
+Chosen = dict[str, dict[str, Variant]]  # budget -> gridded row -> the variant chosen on validation
+
+
+def choose_variants(args: argparse.Namespace) -> tuple[Chosen | None, dict[str, dict[str, dict[str, float | None]]]]:
+    """Per budget and gridded row, the variant with the highest mean validation Dice (``mean_dice`` of its
+    ``eval_validation/``, averaged over the row's seeds; a tie goes to the variant listed first). Returns (the choice,
+    or None while a variant's validation is unfinished; the scores: budget -> row -> variant name -> score)."""
+    chosen: Chosen = {}
+    scores: dict[str, dict[str, dict[str, float | None]]] = {}
+    complete = True
+    for block in blocks(args):
+        for row in (r for r in args.rows if args.grid.get(r)):
+            best, best_score = None, -math.inf
+            cell = scores.setdefault(block.budget, {}).setdefault(row, {})
+            for variant in row_variants(row, args):
+                per_seed = []
+                for seed in _seeds(row, args):
+                    path = block.run_root(variant.name, seed) / VALIDATION_EVAL / "metrics_summary.json"
+                    per_seed.append(json.loads(path.read_text())["mean_dice"] if path.is_file() else None)
+                score = None if None in per_seed or not per_seed else sum(per_seed) / len(per_seed)
+                cell[variant.name] = score
+                if score is None:
+                    complete = False
+                elif score > best_score:
+                    best, best_score = variant, score
+            if best is not None:
+                chosen.setdefault(block.budget, {})[row] = best
+    return (chosen if complete else None), scores
+
+
+def plan(args: argparse.Namespace, chosen: Chosen | None = None) -> list[jobs.Job]:
     """Per block: the teacher's jobs, then training and evaluation of every (row, seed); a row that learns from the
-    teacher ``needs`` the training of its block's teacher."""
+    teacher ``needs`` the training of its block's teacher. A row with a ``--grid`` trains every variant and evaluates
+    it on validation only; given ``chosen`` (:func:`choose_variants`), its chosen variant is also evaluated on test
+    (the second stage)."""
     todo: list[jobs.Job] = []
     for block in blocks(args):
         todo += teacher_jobs(block, args)
@@ -280,12 +375,27 @@ def plan(args: argparse.Namespace) -> list[jobs.Job]:
             configs = [CONFIGS / "train.json", *(CONFIGS / v for v in ROWS[row].variants)]
             evaluate = configs + [CONFIGS / "evaluate.json"]
             needs = (f"{block.prefix}teacher_cache",) if ROWS[row].distils and not block.given_teacher else ()
-            for seed in _seeds(row, args):
-                if ROWS[row].self_taught:  # its teacher is a student alone; it fills its own cache entries
-                    needs = (self_teacher(block, seed, args)[0],)
-                overrides = student_overrides(block, row, seed, args)
-                key = f"{block.prefix}{row}/seed{seed}"
-                todo += train_and_evaluate(key, block.run_root(row, seed), configs, overrides, evaluate, needs=needs)
+            gridded = bool(args.grid.get(row))
+            pick = (chosen or {}).get(block.budget, {}).get(row)
+            for variant in row_variants(row, args):
+                for seed in _seeds(row, args):
+                    if ROWS[row].self_taught:  # its teacher is a student alone; it fills its own cache entries
+                        needs = (self_teacher(block, seed, args)[0],)
+                    overrides = student_overrides(block, row, seed, args, variant)
+                    key, root = f"{block.prefix}{variant.name}/seed{seed}", block.run_root(variant.name, seed)
+                    on_test = not gridded or variant == pick
+                    todo += train_and_evaluate(
+                        key, root, configs, overrides, evaluate if on_test else None, needs=needs
+                    )
+                    if gridded:
+                        validation = {
+                            **overrides,
+                            "eval_split": "validation",
+                            "output_dir": str(root / VALIDATION_EVAL),
+                        }
+                        todo.append(jobs.Job(f"{key}/validate", f"evaluate {key} on validation",
+                                             bundle_cmd(evaluate, validation), [root / VALIDATION_EVAL / SUMMARY.name],
+                                             None, (key,), root / "validate.log"))  # fmt: skip
     return todo
 
 
@@ -298,17 +408,25 @@ def _teacher_files(block: Block, args: argparse.Namespace) -> tuple[Path, Path, 
     return root / SUMMARY, root / PER_CASE, root / "train_time.json"
 
 
-def collect(args: argparse.Namespace) -> dict[str, dict[str, list[dict]]]:
+def collect(args: argparse.Namespace, chosen: Chosen | None = None) -> dict[str, dict[str, list[dict]]]:
     """budget -> row (and ``teacher``) -> its finished runs: seed, test summary, per-case metrics file and training
-    seconds (NaN when unknown). A run without its evaluation is left out, with a line saying so."""
+    seconds (NaN when unknown); a gridded row's runs are those of its variant chosen on validation. A run without
+    its evaluation is left out, with a line saying so."""
     results: dict[str, dict[str, list[dict]]] = {}
     for block in blocks(args):
         found: dict[str, list[dict]] = {}
         for row in args.rows:
+            name = row
+            if args.grid.get(row):
+                pick = (chosen or {}).get(block.budget, {}).get(row)
+                if pick is None:
+                    print(f"[miss] {block.prefix}{row}: no variant chosen on validation yet, left out", flush=True)
+                    continue
+                name = pick.name
             for seed in _seeds(row, args):
-                root = block.run_root(row, seed)
+                root = block.run_root(name, seed)
                 if not (root / SUMMARY).is_file() or not (root / PER_CASE).is_file():
-                    print(f"[miss] {block.prefix}{row} seed {seed}: not finished, left out", flush=True)
+                    print(f"[miss] {block.prefix}{name} seed {seed}: not finished, left out", flush=True)
                     continue
                 summary = json.loads((root / SUMMARY).read_text())
                 entry = {"seed": seed, "summary": summary, "per_case": str(root / PER_CASE)}
@@ -396,10 +514,12 @@ def write_table(
     args: argparse.Namespace,
     regions: Sequence[str] = (),
     hd95_unit: str = "mm",
+    choice: tuple[Chosen | None, dict] | None = None,
 ) -> str:
     """Write ``table.md`` / ``table.csv`` / ``table.json`` into ``OUT`` (one block per budget; mean Dice and HD95
-    over ``classes``, Dice per class and per region) and return the Markdown. ``hd95_unit``: ``px`` for a dataset
-    whose spacing is unknown (HC18 as published), where distances are counted in pixels."""
+    over ``classes``, Dice per class and per region; with ``choice`` (:func:`choose_variants`), each gridded row's
+    validation scores and pick) and return the Markdown. ``hd95_unit``: ``px`` for a dataset whose spacing is unknown
+    (HC18 as published), where distances are counted in pixels."""
     scored = [*classes, *regions]
     head = ["method", "seeds", "subjects", "Dice % [95% CI]"] + [f"Dice {c} %" for c in scored]
     head += [
@@ -438,6 +558,8 @@ def write_table(
             records.append(_record(budget, method, method_runs, s, size, scored))
         md += [_heading(by_budget[budget], args), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         md += ["| " + " | ".join(cells) + " |" for cells in lines] + [""]
+    if choice is not None:
+        md += _choice_lines(args, choice)
     md += [line for note in _notes(results, sizes, classes, args, hd95_unit) for line in (note, "")][:-1]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -453,10 +575,33 @@ def write_table(
         "classes": classes,
         "regions": list(regions),
         "bootstrap": {"resamples": args.n_boot, "seed": args.bootstrap_seed, "ci": 0.95, "baseline": BASELINE},
+        "validation_scores": choice[1] if choice else None,
         "args": vars(args),
     }
     (out / "table.json").write_text(json.dumps(payload, indent=1))
     return "\n".join(md)
+
+
+def _choice_lines(args: argparse.Namespace, choice: tuple[Chosen | None, dict]) -> list[str]:
+    """Per budget, every gridded variant's mean validation Dice (seeds averaged), the pick marked."""
+    chosen, scores = choice
+    md = []
+    for budget, rows in scores.items():
+        md += [f"## Chosen on validation (label budget {budget}): the settings of the gridded rows, not on test", ""]
+        md += ["| row | variant | settings | seeds | mean validation Dice % |", "|---|---|---|---|---|"]
+        for row, variants in rows.items():
+            pick = (chosen or {}).get(budget, {}).get(row)
+            settings = {v.name: v.settings for v in row_variants(row, args)}
+            for name, score in variants.items():
+                cell = (
+                    "–"
+                    if score is None
+                    else f"{100 * score:.2f}" + (" **chosen**" if pick and pick.name == name else "")
+                )
+                what = ", ".join(f"{k} {_short(v)}" for k, v in settings[name].items())
+                md.append(f"| {ROWS[row].label} | {name} | {what} | {len(_seeds(row, args))} | {cell} |")
+        md.append("")
+    return md
 
 
 def _pipeline_results(results: dict[str, dict[str, list[dict]]]) -> dict[str, list[dict]]:
@@ -533,6 +678,20 @@ def parse_row_overrides(tokens: list[str]) -> dict[str, dict[str, object]]:
     return out
 
 
+def parse_grid(tokens: list[str]) -> dict[str, dict[str, list[object]]]:
+    """``["iad:alpha=0.02,0.2", "iad:gamma=0.1,1"]`` -> {row: {key: [values]}} (each value read as JSON when it
+    parses): the settings a row's variants try on validation. ``kis_fraction`` is the table's (KIS's share of
+    ``--iterations``); any other key is a bundle override."""
+    out: dict[str, dict[str, list[object]]] = {}
+    for token in tokens:
+        row, colon, setting = token.partition(":")
+        key, equals, values = setting.partition("=")
+        if not colon or not equals or not key or not values or row not in ROWS:
+            raise SystemExit(f"error: --grid takes ROW:KEY=V1,V2 with ROW one of {list(ROWS)}, got {token!r}")
+        out.setdefault(row, {})[key] = [parse_overrides([f"--{key}={v}"])[key] for v in values.split(",")]
+    return out
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The options, with the sizes left unset filled from ``--profile`` and then :data:`DEFAULTS`."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -544,6 +703,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--row_overrides", nargs="+", default=[], metavar="ROW:KEY=VALUE",
                    help="bundle overrides of one row's runs (ROW 'teacher': the trained teachers; 'students': every "
                    "student run), e.g. kd:temperature=1 iad:alpha=0.1")  # fmt: skip
+    p.add_argument("--grid", nargs="+", default=[], metavar="ROW:KEY=V1,V2",
+                   help="settings of a row chosen on validation, per budget (mean validation Dice over the seeds; "
+                   "every combination trains), e.g. iad:alpha=0.02,0.2 iad:kis_fraction=0.33,0.67")  # fmt: skip
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="default: 0 1 2")
     p.add_argument("--single_seed_rows", nargs="*", default=[], help="rows run with the first seed only")
     p.add_argument("--budgets", nargs="+", type=_budget, default=None, help="labelled training subjects per block, "
@@ -588,33 +750,51 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, key, list(value) if isinstance(value, list) else value)
     # the profile's row overrides first, so that the command line's win
     args.row_overrides = parse_row_overrides([*profile.get("row_overrides", []), *args.row_overrides])
+    args.grid = parse_grid(args.grid)
+    if unused := [r for r in args.grid if r not in args.rows]:
+        p.error(f"--grid names rows that are not in --rows: {unused}")
+    if any(ROWS[r].self_taught for r in args.rows) and BASELINE in args.grid:
+        p.error(f"--grid {BASELINE}: self_kd learns from the {BASELINE} runs, which must not be gridded")
     if any(ROWS[r].self_taught for r in args.rows) and BASELINE not in args.rows:
         p.error(f"--rows {' '.join(args.rows)}: self_kd learns from the {BASELINE} runs; add {BASELINE}")
     args.threads = args.threads or jobs.threads_per_job(args.parallel, {})
     return args
 
 
+def _print_plan(todo: list[jobs.Job]) -> None:
+    for job in todo:
+        needs = f"  (after {', '.join(job.needs)})" if job.needs else ""
+        print(f"[{'done' if job.done else 'todo'}] {job.key}{needs}\n    {shlex.join(job.cmd)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     todo = plan(args)
     if args.plan:
-        for job in todo:
-            state = "done" if job.done else "todo"
-            needs = f"  (after {', '.join(job.needs)})" if job.needs else ""
-            print(f"[{state}] {job.key}{needs}\n    {shlex.join(job.cmd)}")
+        _print_plan(todo)
+        if args.grid:
+            chosen = choose_variants(args)[0]
+            if chosen is None:
+                print("then, once every variant is validated: the chosen variant of each gridded row on test")
+            else:
+                print("\nstage 2, at the variants chosen on validation:")
+                _print_plan([j for j in plan(args, chosen) if j.key not in {t.key for t in todo}])
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     if not args.report_only:
         jobs.run(todo, env, args.parallel)
     from common.data.dataset_info import load_dataset_info
 
+    choice = choose_variants(args) if args.grid else None
+    if choice is not None and choice[0] is not None and not args.report_only:
+        jobs.run(plan(args, choice[0]), env, args.parallel)  # the chosen variants on test
     info = load_dataset_info(args.dataset_dir)
-    results = collect(args)
+    results = collect(args, choice[0] if choice else None)
     if not results:
         sys.exit("error: no finished run to report")
     sizes = size_and_latency(args, info.num_classes, info.in_channels)
     unit = "mm" if info.spacing else "px"  # no spacing in dataset.json: distances in pixels
-    print(write_table(results, sizes, info.class_names, args, list(info.regions), unit))
+    print(write_table(results, sizes, info.class_names, args, list(info.regions), unit, choice))
     print(f"\nwritten: {Path(args.out) / 'table.md'} (and .csv, .json)")
 
 

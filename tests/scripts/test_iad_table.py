@@ -311,3 +311,74 @@ def test_iterations_give_every_row_the_same_number_of_steps(tmp_path):
     assert _opt(alone.cmd, "--epochs") == "12"  # 2 labelled items, batch 2: 1 step per epoch
     # kd: 6 unlabelled + the 2 labelled repeated 3 times = 12 items, 6 steps per epoch: 2 epochs, KIS 1 of them
     assert _opt(kd.cmd, "--epochs") == "2" and _opt(kd.cmd, "--kis_epochs") == "1"
+
+
+def _validated(root: Path, mean_dice: float) -> None:
+    (root / "eval_validation").mkdir(parents=True, exist_ok=True)
+    (root / "eval_validation" / "metrics_summary.json").write_text(json.dumps({"mean_dice": mean_dice}))
+
+
+def test_grid_trains_variants_on_validation_then_the_chosen_one_is_tested_and_reported(tmp_path, capsys):
+    """A --grid row: every combination trains and is evaluated on validation only; once all are validated, the one
+    with the best seed-mean validation Dice is evaluated on test and reported under the row's own name."""
+    from common.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "d", num_items=(8, 1, 1), size=16)
+    grid = ["--grid", "iad:alpha=0.02,0.2", "iad:kis_fraction=0.5,1"]
+    args = _args(tmp_path, "--budgets", "2", "--rows", "student_only", "iad", "--iterations", "12", *grid,
+                 "--row_overrides", "students:batch_size=2", "iad:alpha=5", "iad:gamma=0.3")  # fmt: skip
+    args.dataset_dir = str(data)
+    names = [v.name for v in iad_table.row_variants("iad", args)]
+    assert names == ["iad_alpha0.02_kis_fraction0.5", "iad_alpha0.02_kis_fraction1", "iad_alpha0.2_kis_fraction0.5",
+                     "iad_alpha0.2_kis_fraction1"]  # fmt: skip
+    job = {j.key: j for j in iad_table.plan(args)}
+    out = tmp_path / "out" / "budget_2"
+    first = job["budget_2/iad_alpha0.02_kis_fraction0.5/seed1"]
+    assert _opt(first.cmd, "--alpha") == "0.02" and _opt(first.cmd, "--gamma") == "0.3"  # the grid wins
+    assert "--kis_fraction" not in first.cmd  # the table's key: KIS's share of the 2 epochs of 6 steps
+    assert _opt(first.cmd, "--epochs") == "2" and _opt(first.cmd, "--kis_epochs") == "1"
+    assert _opt(job["budget_2/iad_alpha0.02_kis_fraction1/seed0"].cmd, "--kis_epochs") == "1"  # at most epochs - 1
+    assert _opt(first.cmd, "--bundle_root") == str(out / "iad_alpha0.02_kis_fraction0.5" / "seed1")
+    validate = job["budget_2/iad_alpha0.02_kis_fraction0.5/seed1/validate"]
+    assert _opt(validate.cmd, "--eval_split") == "validation" and validate.needs == (first.key,)
+    assert validate.outputs == [
+        out / "iad_alpha0.02_kis_fraction0.5" / "seed1" / "eval_validation" / "metrics_summary.json"
+    ]
+    assert not any(k.startswith("budget_2/iad") and k.endswith("/evaluate") for k in job)  # not on test yet
+    assert "budget_2/student_only/seed0/evaluate" in job
+
+    assert iad_table.choose_variants(args)[0] is None
+    for name, scores in zip(names, [(0.80, 0.84), (0.90, 0.70), (0.83, 0.83), (0.5, 0.5)]):
+        for seed, score in enumerate(scores):
+            _validated(out / name / f"seed{seed}", score)
+    chosen, scores = iad_table.choose_variants(args)
+    assert chosen["2"]["iad"].name == "iad_alpha0.2_kis_fraction0.5"  # 0.83 beats 0.82, 0.80 and 0.5 on average
+    assert scores["2"]["iad"]["iad_alpha0.02_kis_fraction1"] == pytest.approx(0.80)
+    stage2 = {j.key for j in iad_table.plan(args, chosen)} - set(job)
+    assert stage2 == {"budget_2/iad_alpha0.2_kis_fraction0.5/seed0/evaluate",
+                      "budget_2/iad_alpha0.2_kis_fraction0.5/seed1/evaluate"}  # fmt: skip
+
+    for seed in (0, 1):
+        _write_run(out / "student_only" / f"seed{seed}", 0.0, seed, 60.0)
+        _write_run(out / "iad_alpha0.2_kis_fraction0.5" / f"seed{seed}", 0.05, seed, 60.0)
+    assert "iad" not in iad_table.collect(args)["2"]  # no choice given: the row waits for it
+    assert "no variant chosen on validation yet" in capsys.readouterr().out
+    results = iad_table.collect(args, chosen)
+    assert [r["per_case"] for r in results["2"]["iad"]] == [
+        str(out / "iad_alpha0.2_kis_fraction0.5" / f"seed{s}" / "eval" / "metrics_per_case.csv") for s in (0, 1)
+    ]
+    lines = iad_table._choice_lines(args, (chosen, scores))
+    assert (
+        "| IAD (KIS → KAS) | iad_alpha0.2_kis_fraction0.5 | alpha 0.2, kis_fraction 0.5 | 2 | 83.00 **chosen** |"
+        in lines
+    )
+    assert "| IAD (KIS → KAS) | iad_alpha0.02_kis_fraction1 | alpha 0.02, kis_fraction 1 | 2 | 80.00 |" in lines
+
+    # a combination equal to what the row trains with anyway keeps the row's name: its finished runs are reused
+    plain = _args(tmp_path, "--budgets", "2", "--rows", "iad", "--grid", "iad:alpha=0.2,1", "iad:gamma=0.1")
+    assert [v.name for v in iad_table.row_variants("iad", plain)] == ["iad", "iad_alpha1"]
+    assert [v.settings for v in iad_table.row_variants("iad", plain)][0] == {"alpha": 0.2, "gamma": 0.1}
+    with pytest.raises(SystemExit):  # a grid on a row that is not in the table
+        _args(tmp_path, "--grid", "iad:alpha=0.1,1")
+    with pytest.raises(SystemExit):
+        _args(tmp_path, "--rows", "kd", "--grid", "kd:temperature")

@@ -42,11 +42,10 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
 import itertools
+import json
 import math
 import os
-import shlex
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -761,24 +760,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def _print_plan(todo: list[jobs.Job]) -> None:
-    for job in todo:
-        needs = f"  (after {', '.join(job.needs)})" if job.needs else ""
-        print(f"[{'done' if job.done else 'todo'}] {job.key}{needs}\n    {shlex.join(job.cmd)}")
-
-
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     todo = plan(args)
     if args.plan:
-        _print_plan(todo)
+        jobs.print_plan(todo)
         if args.grid:
             chosen = choose_variants(args)[0]
             if chosen is None:
                 print("then, once every variant is validated: the chosen variant of each gridded row on test")
             else:
                 print("\nstage 2, at the variants chosen on validation:")
-                _print_plan([j for j in plan(args, chosen) if j.key not in {t.key for t in todo}])
+                jobs.print_plan([j for j in plan(args, chosen) if j.key not in {t.key for t in todo}])
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     if not args.report_only:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -59,6 +60,16 @@ class Job:
     @property
     def done(self) -> bool:
         return all(p.exists() for p in self.outputs) and (self.marker is None or self.marker.is_file())
+
+
+def print_plan(todo: list[Job]) -> None:
+    """What ``--plan`` shows: each job (done or not, what it waits for, its command), then the counts."""
+    for job in todo:
+        needs = f"  (after {', '.join(job.needs)})" if job.needs else ""
+        print(f"[{'done' if job.done else 'todo'}] {job.key}{needs}\n    {shlex.join(job.cmd)}")
+    trainings = sum(1 for j in todo if j.marker is not None)
+    print(f"\n{len(todo)} jobs: {trainings} trainings, {len(todo) - trainings} evaluations; "
+          f"{sum(j.done for j in todo)} done")  # fmt: skip
 
 
 def wall_seconds(marker: Path) -> float | None:

@@ -47,7 +47,6 @@ import json
 import math
 import os
 import re
-import shlex
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -822,16 +821,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     return args, parse_overrides(unknown)
 
 
-def _print_plan(todo: list[jobs.Job]) -> None:
-    """Each job (done or not, what it waits for, its command), then the counts."""
-    for job in todo:
-        needs = f"  (after {', '.join(job.needs)})" if job.needs else ""
-        print(f"[{'done' if job.done else 'todo'}] {job.key}{needs}\n    {shlex.join(job.cmd)}")
-    trainings = sum(1 for j in todo if j.marker is not None)
-    print(f"\n{len(todo)} jobs: {trainings} trainings, {len(todo) - trainings} evaluations; "
-          f"{sum(j.done for j in todo)} done")  # fmt: skip
-
-
 def main(argv: list[str] | None = None) -> None:
     args, extra = parse_args(argv)
     if args.dataset_dir == DEFAULT_DATASET and not (args.report_only or args.plan):
@@ -842,7 +831,7 @@ def main(argv: list[str] | None = None) -> None:
 
     todo = plan(args, extra)
     if args.plan:
-        _print_plan(todo)
+        jobs.print_plan(todo)
         if selecting(args):
             info = load_dataset_info(args.dataset_dir)
             chosen = choose_variants(args, list(info.regions) or info.class_names)[0]
@@ -851,7 +840,7 @@ def main(argv: list[str] | None = None) -> None:
                       "ablations at it")  # fmt: skip
             else:
                 print("\nstage 2, at the variants chosen on validation:")
-                _print_plan([j for j in plan(args, extra, chosen) if j.key not in {t.key for t in todo}])
+                jobs.print_plan([j for j in plan(args, extra, chosen) if j.key not in {t.key for t in todo}])
         return
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads), "MKL_NUM_THREADS": str(args.threads)}
     if not args.report_only:

@@ -51,7 +51,6 @@ import csv
 import json
 import math
 import os
-import shlex
 import sys
 import time
 from collections.abc import Iterator
@@ -636,9 +635,7 @@ def main(argv: list[str] | None = None) -> None:
     runs = plan(args, extra)
     todo = [job for run in runs for job in run.jobs()]
     if args.plan:
-        for job in todo:
-            needs = f"  (after {', '.join(job.needs)})" if job.needs else ""
-            print(f"[{'done' if job.done else 'todo'}] {job.key}{needs}\n    {shlex.join(job.cmd)}")
+        jobs.print_plan(todo)
         pre = sum(r.name.startswith("pretrain_") for r in runs)
         print(f"\n{len(todo)} jobs: {pre} pre-trainings, {len(runs) - pre} fine-tunings with their evaluations; "
               f"budgets in {args.budget_unit}: {args.budgets}")  # fmt: skip

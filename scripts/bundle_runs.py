@@ -7,7 +7,9 @@ from __future__ import annotations
 import json
 import math
 import sys
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from common.handlers.resume import LAST_CHECKPOINT
 from scripts.jobs import Job, wall_seconds
@@ -21,6 +23,7 @@ __all__ = [
     "mean_std",
     "ci_cell",
     "bootstrap_or_none",
+    "best_on_validation",
     "parse_overrides",
     "cli_args",
 ]
@@ -123,6 +126,19 @@ def bootstrap_or_none(
     except ValueError as err:
         print(f"[note] no interval: {err}", flush=True)
         return {m: None for m in scores}
+
+
+K = TypeVar("K", bound=Hashable)
+
+
+def best_on_validation(per_seed: Mapping[K, Sequence[float | None]]) -> tuple[K | None, dict[K, float | None]]:
+    """The candidate (a variant of a table row) with the highest validation score averaged over its seeds — a tie
+    goes to the one listed first — and each candidate's mean (None while one of its seeds is unvalidated). The best
+    is None until every candidate is complete: a choice is made on all of them or not at all."""
+    means = {k: None if not v or None in v else sum(v) / len(v) for k, v in per_seed.items()}
+    if any(m is None for m in means.values()):
+        return None, means
+    return max(means, key=lambda k: (means[k], -list(means).index(k))), means
 
 
 def parse_overrides(tokens: list[str]) -> dict[str, object]:

@@ -59,6 +59,7 @@ from common.stats import subject_scores  # noqa: E402
 from scripts import jobs  # noqa: E402
 from scripts.bundle_runs import (  # noqa: E402
     SUMMARY,
+    best_on_validation,
     bootstrap_or_none,
     bundle_cmd,
     ci_cell,
@@ -342,21 +343,15 @@ def choose_variants(args: argparse.Namespace) -> tuple[Chosen | None, dict[str, 
     complete = True
     for block in blocks(args):
         for row in (r for r in args.rows if args.grid.get(r)):
-            best, best_score = None, -math.inf
-            cell = scores.setdefault(block.budget, {}).setdefault(row, {})
-            for variant in row_variants(row, args):
-                per_seed = []
-                for seed in _seeds(row, args):
-                    path = block.run_root(variant.name, seed) / VALIDATION_EVAL / "metrics_summary.json"
-                    per_seed.append(json.loads(path.read_text())["mean_dice"] if path.is_file() else None)
-                score = None if None in per_seed or not per_seed else sum(per_seed) / len(per_seed)
-                cell[variant.name] = score
-                if score is None:
-                    complete = False
-                elif score > best_score:
-                    best, best_score = variant, score
-            if best is not None:
-                chosen.setdefault(block.budget, {})[row] = best
+            per_seed, by_name = {}, {v.name: v for v in row_variants(row, args)}
+            for name in by_name:
+                paths = [block.run_root(name, s) / VALIDATION_EVAL / SUMMARY.name for s in _seeds(row, args)]
+                per_seed[name] = [json.loads(p.read_text())["mean_dice"] if p.is_file() else None for p in paths]
+            best, scores.setdefault(block.budget, {})[row] = best_on_validation(per_seed)
+            if best is None:
+                complete = False
+            else:
+                chosen.setdefault(block.budget, {})[row] = by_name[best]
     return (chosen if complete else None), scores
 
 

@@ -60,6 +60,7 @@ sys.path.insert(0, str(REPO))
 from common.stats import subject_scores  # noqa: E402
 from scripts import jobs  # noqa: E402
 from scripts.bundle_runs import (  # noqa: E402
+    best_on_validation,
     bootstrap_or_none,
     bundle_cmd,
     ci_cell,
@@ -286,24 +287,17 @@ def choose_variants(args: argparse.Namespace, names: Sequence[str]) -> tuple[Cho
     complete = True
     for fold in _folds(args):
         for width in args.width_divisors:
-            best, best_score = None, -math.inf
-            cell = scores.setdefault(_cell(fold, width), {})
+            per_seed = {}
             for variant in variants(args):
-                per_seed = []
-                for seed in _seeds("recokd", args):
-                    path = (
-                        Run("recokd", fold, seed, width, variant).root(args.out)
-                        / VALIDATION_EVAL
-                        / "metrics_summary.json"
-                    )
-                    per_seed.append(selection_score(json.loads(path.read_text()), names) if path.is_file() else None)
-                score = None if None in per_seed else _mean(per_seed)
-                cell[variant.suffix] = score
-                if score is None:
-                    complete = False
-                elif score > best_score:
-                    best, best_score = variant, score
-            if best is not None:
+                roots = [Run("recokd", fold, seed, width, variant).root(args.out) for seed in _seeds("recokd", args)]
+                paths = [root / VALIDATION_EVAL / "metrics_summary.json" for root in roots]
+                per_seed[variant] = [selection_score(json.loads(p.read_text()), names) if p.is_file() else None
+                                     for p in paths]  # fmt: skip
+            best, means = best_on_validation(per_seed)
+            scores[_cell(fold, width)] = {v.suffix: m for v, m in means.items()}
+            if best is None:
+                complete = False
+            else:
                 chosen[(fold, width)] = best
     return (chosen if complete else None), scores
 

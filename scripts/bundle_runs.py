@@ -18,6 +18,7 @@ __all__ = [
     "config_list",
     "bundle_cmd",
     "train_and_evaluate",
+    "validation_job",
     "interrupted",
     "train_seconds",
     "mean_std",
@@ -30,6 +31,7 @@ __all__ = [
 
 TRAIN_MARKER = "train_time.json"  # in a run's bundle_root: written when its training succeeded, with its wall time
 SUMMARY = Path("eval") / "metrics_summary.json"  # in a run's bundle_root: written by evaluate.json
+VALIDATION_EVAL = Path("eval_validation")  # in a run's bundle_root: its evaluation on the validation split
 
 
 def config_list(paths: list[Path]) -> str:
@@ -77,6 +79,15 @@ def train_and_evaluate(
         train,
         Job(f"{key}/evaluate", f"evaluate {key}", cmd, [root / SUMMARY], None, (key,), root / "evaluate.log"),
     ]
+
+
+def validation_job(key: str, root: Path, evaluate: list[Path], overrides: dict[str, object]) -> Job:
+    """The evaluation of the finished training ``key`` in ``root`` on its validation split (``evaluate`` configs,
+    ``eval_split validation``) into ``root/eval_validation/``, where a table chooses its settings; log
+    ``validate.log``."""
+    cmd = bundle_cmd(evaluate, {**overrides, "eval_split": "validation", "output_dir": str(root / VALIDATION_EVAL)})
+    outputs = [root / VALIDATION_EVAL / SUMMARY.name]
+    return Job(f"{key}/validate", f"evaluate {key} on validation", cmd, outputs, None, (key,), root / "validate.log")
 
 
 def interrupted(root: Path) -> bool:

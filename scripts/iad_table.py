@@ -59,6 +59,7 @@ from common.stats import subject_scores  # noqa: E402
 from scripts import jobs  # noqa: E402
 from scripts.bundle_runs import (  # noqa: E402
     SUMMARY,
+    VALIDATION_EVAL,
     best_on_validation,
     bootstrap_or_none,
     bundle_cmd,
@@ -67,6 +68,7 @@ from scripts.bundle_runs import (  # noqa: E402
     parse_overrides,
     train_and_evaluate,
     train_seconds,
+    validation_job,
 )
 
 CONFIGS = REPO / "bundles" / "iad_student" / "configs"
@@ -98,7 +100,6 @@ ROWS = {
     "kas_only": Row("IAD (KAS only)", ["kas_only.json"], False),
 }
 BASELINE = "student_only"  # every other row's paired difference is to this one
-VALIDATION_EVAL = Path("eval_validation")  # in a run's bundle_root: a gridded variant's evaluation on validation
 TABLE_KEYS = ("kis_fraction",)  # grid keys the table itself applies (KIS's share of --iterations), not the bundle
 
 
@@ -382,14 +383,7 @@ def plan(args: argparse.Namespace, chosen: Chosen | None = None) -> list[jobs.Jo
                         key, root, configs, overrides, evaluate if on_test else None, needs=needs
                     )
                     if gridded:
-                        validation = {
-                            **overrides,
-                            "eval_split": "validation",
-                            "output_dir": str(root / VALIDATION_EVAL),
-                        }
-                        todo.append(jobs.Job(f"{key}/validate", f"evaluate {key} on validation",
-                                             bundle_cmd(evaluate, validation), [root / VALIDATION_EVAL / SUMMARY.name],
-                                             None, (key,), root / "validate.log"))  # fmt: skip
+                        todo.append(validation_job(key, root, evaluate, overrides))
     return todo
 
 

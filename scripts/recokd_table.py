@@ -60,18 +60,19 @@ sys.path.insert(0, str(REPO))
 from common.stats import subject_scores  # noqa: E402
 from scripts import jobs  # noqa: E402
 from scripts.bundle_runs import (  # noqa: E402
+    VALIDATION_EVAL,
     best_on_validation,
     bootstrap_or_none,
-    bundle_cmd,
     ci_cell,
     parse_overrides,
     train_and_evaluate,
     train_seconds,
+    validation_job,
 )
 
 CONFIGS = REPO / "bundles" / "recokd_student" / "configs"
 DEFAULT_DATASET = "data/lits_liver_3d"
-TEST_EVAL, VALIDATION_EVAL = Path("eval"), Path("eval_validation")  # in a run's bundle_root
+TEST_EVAL = Path("eval")  # in a run's bundle_root
 
 
 class Row(NamedTuple):
@@ -328,16 +329,6 @@ def _configs(row: str) -> list[Path]:
     return [CONFIGS / "train.json", *(CONFIGS / v for v in ROWS[row].variants)]
 
 
-def validation_job(run: Run, overrides: dict[str, object], args: argparse.Namespace) -> jobs.Job:
-    """Evaluate a finished run on its validation split into ``eval_validation/``."""
-    root = run.root(args.out)
-    cmd = bundle_cmd(_configs(run.row) + [CONFIGS / "evaluate.json"],
-                     {**overrides, "eval_split": "validation", "output_dir": str(root / VALIDATION_EVAL)})  # fmt: skip
-    outputs = [root / VALIDATION_EVAL / "metrics_summary.json"]
-    return jobs.Job(f"{run.key}/validate", f"evaluate {run.key} on validation", cmd, outputs, None, (run.key,),
-                    root / "validate.log")  # fmt: skip
-
-
 def plan(args: argparse.Namespace, extra: dict[str, object], chosen: Chosen | None = None) -> list[jobs.Job]:
     """Per fold: the teacher's training (when a row distils or the teacher is a row) and test evaluation, then every
     student run's training, test evaluation (not for the variants being selected) and, for the student alone and
@@ -360,7 +351,8 @@ def plan(args: argparse.Namespace, extra: dict[str, object], chosen: Chosen | No
             needs = (teacher.key,) if distils else ()
             todo += train_and_evaluate(run.key, run.root(args.out), _configs(run.row), overrides, evaluate, needs=needs)
             if run.row in ON_VALIDATION:
-                todo.append(validation_job(run, overrides, args))
+                evaluate_configs = _configs(run.row) + [CONFIGS / "evaluate.json"]
+                todo.append(validation_job(run.key, run.root(args.out), evaluate_configs, overrides))
     return todo
 
 

@@ -35,7 +35,7 @@ seeds averaged inside a subject, subjects resampled with the pairing between row
     python scripts/iad_table.py --dataset_dir data/hc18 --out runs/iad_hc18 --profile budget --parallel 2
     python scripts/iad_table.py --dataset_dir data/hc18 --out runs/iad_hc18 --row_overrides kd:temperature=1 --plan
     python scripts/iad_table.py --dataset_dir data/hc18 --out runs/iad_hc18 --profile budget \
-        --grid iad:alpha=0.2,1 iad:gamma=0.1,1 --plan
+        --grid iad:alpha=0.2,1 iad:gamma=0.01,0.1 --plan
 """
 
 from __future__ import annotations
@@ -667,7 +667,7 @@ def parse_row_overrides(tokens: list[str]) -> dict[str, dict[str, object]]:
 
 
 def parse_grid(tokens: list[str]) -> dict[str, dict[str, list[object]]]:
-    """``["iad:alpha=0.02,0.2", "iad:gamma=0.1,1"]`` -> {row: {key: [values]}} (each value read as JSON when it
+    """``["iad:alpha=0.02,0.2", "iad:gamma=0.01,0.1"]`` -> {row: {key: [values]}} (each value read as JSON when it
     parses): the settings a row's variants try on validation. ``kis_fraction`` is the table's (KIS's share of
     ``--iterations``); any other key is a bundle override."""
     out: dict[str, dict[str, list[object]]] = {}

@@ -1,7 +1,8 @@
 #!/usr/bin/env python
 """The recokd_student comparison on any 3D dataset folder: the teacher, the student alone, the student + ReCo-KD and
 its ablations (MS-SARD only, MS-CA only), per student width and seed, cross-validated by patient when the datalist
-has folds (METHODS.md §5, §7, §8).
+has folds (METHODS.md §5, §7, §8); on request (``--rows ... kd``) a logit-KD baseline (``kd.json``), which takes no
+λ_max and so does not wait for its choice.
 
 Every training and evaluation is a ``monai.bundle`` run of ``bundles/recokd_student`` planned as a job of
 ``scripts/jobs.py`` (a finished one is skipped, so an interrupted table resumes; ``--parallel 2`` runs two at once;
@@ -76,20 +77,24 @@ TEST_EVAL = Path("eval")  # in a run's bundle_root
 
 
 class Row(NamedTuple):
-    """A row: its label, the variant configs merged after ``train.json``, whether it distils from the teacher."""
+    """A row: its label, the variant configs merged after ``train.json``, whether it distils from the teacher, and
+    whether it trains with ReCo-KD's λ_max / warm-up (the variant chosen on validation)."""
 
     label: str
     variants: list[str]
     distils: bool
+    reco: bool = False
 
 
 ROWS = {
     "teacher": Row("Teacher (DynUNet, full width)", ["teacher.json"], False),
     "student_only": Row("Student alone", ["student_only.json"], False),
-    "recokd": Row("Student + ReCo-KD", [], True),
-    "sard_only": Row("Student + MS-SARD only", ["sard_only.json"], True),
-    "ca_only": Row("Student + MS-CA only", ["ca_only.json"], True),
+    "recokd": Row("Student + ReCo-KD", [], True, True),
+    "sard_only": Row("Student + MS-SARD only", ["sard_only.json"], True, True),
+    "ca_only": Row("Student + MS-CA only", ["ca_only.json"], True, True),
+    "kd": Row("Student + KD (logits, T = 1)", ["kd.json"], True),
 }
+TABLE_ROWS = ["teacher", "student_only", "recokd", "sard_only", "ca_only"]  # the default rows; kd on request
 BASELINE = "student_only"  # every other row's paired difference is to this one
 REGION_MEAN = "regions mean"  # the score averaged over the dataset's regions (BraTS: WT, TC, ET)
 ON_VALIDATION = ("student_only", "recokd")  # rows also evaluated on validation (where λ_max is chosen)
@@ -101,7 +106,7 @@ DEFAULTS: dict[str, object] = {
     "teacher_epochs": None,
     "seeds": [0, 1],
     "width_divisors": [4],
-    "rows": list(ROWS),
+    "rows": TABLE_ROWS,
     "lambda_max": None,  # None: the bundle's; several values: chosen per fold and width on validation
     "warmup_fraction": None,
 }
@@ -120,7 +125,7 @@ PROFILES: dict[str, dict[str, object]] = {
         "teacher_epochs": 60,
         "seeds": [0, 1],
         "width_divisors": [4],
-        "rows": list(ROWS),
+        "rows": TABLE_ROWS,
         "lambda_max": [0.1, 1.0],  # 0.01 (METHODS.md) leaves the terms at ~1% of the loss: no effect at 250 iterations
         "bundle": {
             "spacing": [2.0, 2.0, 2.0],  # a cropped BraTS brain is then about 70 x 85 x 70 voxels
@@ -136,7 +141,7 @@ PROFILES: dict[str, dict[str, object]] = {
         "teacher_epochs": 250,  # PLACEHOLDER
         "seeds": [0, 1, 2],
         "width_divisors": [4, 8],
-        "rows": list(ROWS),
+        "rows": TABLE_ROWS,
         "bundle": {
             "spacing": [1.0, 1.0, 1.0],
             "patch_size": [128, 128, 128],  # PLACEHOLDER
@@ -200,7 +205,7 @@ class Run:
     @property
     def method(self) -> str:
         """The row's name in the table: the row, with the variant's suffix for a distilling row."""
-        return self.row + (self.variant.suffix if ROWS[self.row].distils else "")
+        return self.row + (self.variant.suffix if ROWS[self.row].reco else "")
 
     @property
     def key(self) -> str:
@@ -250,14 +255,15 @@ Chosen = dict[tuple[int | None, int], Variant]  # (fold, width divisor) -> the v
 
 def student_runs(args: argparse.Namespace, chosen: Chosen | None = None) -> Iterator[Run]:
     """The student runs, fold by fold. While selecting a variant (``chosen`` None): only ReCo-KD's variants, no
-    ablations; with ``chosen``: every row, the distilling ones at their fold and width's chosen variant."""
+    ablations; with ``chosen``: every row, the ReCo-KD ones at their fold and width's chosen variant. A row without
+    λ_max (the student alone, KD) does not wait for the choice."""
     for fold in _folds(args):
         for width in args.width_divisors:
             for row in (r for r in args.rows if r != "teacher"):
-                distils = ROWS[row].distils
-                if selecting(args) and chosen is None and distils and row != "recokd":
+                reco = ROWS[row].reco
+                if selecting(args) and chosen is None and reco and row != "recokd":
                     continue
-                if not distils:
+                if not reco:
                     row_variants = [Variant()]
                 elif chosen is not None:
                     row_variants = [chosen[(fold, width)]]
@@ -321,6 +327,7 @@ def run_overrides(run: Run, args: argparse.Namespace, extra: dict[str, object]) 
         out["width_divisor"] = run.width
     if ROWS[run.row].distils:
         out["teacher_ckpt"] = str(teacher_run(run.fold, args).root(args.out) / "models" / "model.pt")
+    if ROWS[run.row].reco:
         out.update(run.variant.overrides)
     return {**out, **args.bundle_overrides, **extra}
 
@@ -346,7 +353,7 @@ def plan(args: argparse.Namespace, extra: dict[str, object], chosen: Chosen | No
         for run in mine:
             overrides = run_overrides(run, args, extra)
             distils = ROWS[run.row].distils
-            selection_only = distils and selecting(args) and chosen is None
+            selection_only = ROWS[run.row].reco and selecting(args) and chosen is None
             evaluate = None if selection_only else _configs(run.row) + [CONFIGS / "evaluate.json"]
             needs = (teacher.key,) if distils else ()
             todo += train_and_evaluate(run.key, run.root(args.out), _configs(run.row), overrides, evaluate, needs=needs)
@@ -388,12 +395,12 @@ def collect(
             block["teacher"] = teachers
     for run in student_runs(args):
         block = f"w{run.width}"
-        wanted = [(test, TEST_EVAL)] if not (ROWS[run.row].distils and selecting(args)) else []
+        wanted = [(test, TEST_EVAL)] if not (ROWS[run.row].reco and selecting(args)) else []
         wanted += [(validation, VALIDATION_EVAL)] if run.row in ON_VALIDATION else []
         for results, folder in wanted:
             _add(results[block], run.method, run, args, folder)
     if selecting(args) and chosen is not None:
-        for run in (r for r in student_runs(args, chosen) if ROWS[r.row].distils):
+        for run in (r for r in student_runs(args, chosen) if ROWS[r.row].reco):
             _add(test[f"w{run.width}"], run.row, run, args, TEST_EVAL)
     return {b: m for b, m in test.items() if m}, {b: m for b, m in validation.items() if m}
 
@@ -761,7 +768,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[
     p.add_argument("--dataset_dir", default=DEFAULT_DATASET, help="a 3D dataset folder (datalist.json, dataset.json)")
     p.add_argument("--lits_dir", default="data/lits_liver", help="source of the default 3D split")
     p.add_argument("--profile", choices=list(PROFILES), default=None, help="default sizes (budget: 2 CPU cores)")
-    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=None, help=f"default: {list(ROWS)}")
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=None, help=f"default: {TABLE_ROWS}")
     p.add_argument("--folds", nargs="+", type=int, default=None,
                    help="folds to run (default: every fold_k list of the datalist; none without them)")  # fmt: skip
     p.add_argument("--seeds", "--seed", nargs="+", type=int, default=None, help="seeds of every student (default 0 1)")

@@ -83,6 +83,33 @@ def test_student_from_scratch_one_epoch(task):
     assert ckpt["trainer"]["iteration"] == 2 and not any("reco" in k for k in ckpt["loss_modules"])
 
 
+def test_kd_baseline_trains_on_the_teachers_voxel_logits(task):
+    """kd.json: one stage of deep-supervised Dice + CE and KL to the teacher's logits on every voxel (T = 1), no
+    ReCo-KD modules; the configured term on a 3D pair of logits equals the KL computed by hand."""
+    root, o = task
+    bundle = root / "kd"
+    teacher_ckpt = str(root / "teacher" / "models" / "model.pt")
+    run(config_file=_cfg("train.json", "kd.json"), bundle_root=str(bundle), epochs=1, width_divisor=2,
+        teacher_ckpt=teacher_ckpt, **o)  # fmt: skip
+    ckpt = torch.load(bundle / "models" / "last.pt", weights_only=True)
+    assert ckpt["trainer"]["iteration"] == 2 and not ckpt["loss_modules"]
+    parser = ConfigParser()
+    parser.read_config(_cfg("train.json", "kd.json"))
+    parser.update({**o, "bundle_root": str(bundle), "width_divisor": 2, "teacher_ckpt": teacher_ckpt})
+    stage = parser.get_parsed_content("stages")[0]
+    assert set(stage["terms"]) == {"ds", "kd"} and list(stage["terms"]["kd"].inputs) == [
+        "student_logits",
+        "teacher_logits",
+    ]
+    student = torch.tensor([1.0, 0.0, -1.0, 2.0]).reshape(1, 2, 1, 1, 2)  # 2 classes, 2 voxels
+    teacher = torch.tensor([0.0, 1.0, 0.0, 0.0]).reshape(1, 2, 1, 1, 2)
+    kl = []
+    for v in range(2):
+        p_t, p_s = torch.softmax(teacher[0, :, 0, 0, v], 0), torch.softmax(student[0, :, 0, 0, v], 0)
+        kl.append(float((p_t * (p_t.log() - p_s.log())).sum()))
+    assert float(stage["terms"]["kd"].loss(student, teacher)) == pytest.approx(sum(kl) / 2, rel=1e-5)
+
+
 def test_trainer_warms_lambda_trains_distillers_and_freezes_teacher(task):
     """λ(e) over 5 epochs (warm-up spans 3), through the engine; the teacher neither trains nor gets gradients."""
     root, o = task

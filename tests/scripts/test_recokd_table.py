@@ -142,7 +142,7 @@ def test_plan_covers_folds_rows_and_seeds_with_the_fold_and_the_teacher_first(tm
     data = _fold_dataset(tmp_path / "data")
     args, _ = recokd_table.parse_args(["--dataset_dir", str(data), "--out", str(tmp_path / "out"), "--seeds", "0",
                                        "1", "--width_divisors", "4", "8"])  # fmt: skip
-    assert args.folds == [0, 1, 2] and args.rows == list(recokd_table.ROWS)
+    assert args.folds == [0, 1, 2] and args.rows == recokd_table.TABLE_ROWS
     todo = recokd_table.plan(args, {})
     trainings = [j for j in todo if j.marker is not None]
     assert len(trainings) == 3 * (1 + 2 * 4 * 2)  # folds x (teacher + widths x student rows x seeds)
@@ -204,6 +204,22 @@ def test_selecting_lambda_trains_variants_on_validation_only_then_the_choice_run
     keys = {j.key for j in recokd_table.plan(args, {})}
     assert {"w4/recokd_lam0.1/seed0/evaluate", "w4/sard_only_lam0.1/seed0/evaluate"} <= keys
     assert not any(k.startswith("w4/recokd/") for k in keys)
+
+
+def test_the_kd_row_has_no_lambda_and_does_not_wait_for_the_choice(tmp_path):
+    base = ["--out", str(tmp_path / "out"), "--rows", "student_only", "recokd", "kd", "--seeds", "0"]
+    args, _ = recokd_table.parse_args(base + ["--lambda_max", "0.01", "0.1"])
+    jobs = {j.key: j for j in recokd_table.plan(args, {})}
+    kd = jobs["w4/kd/seed0"]  # trained and tested in the first stage, beside the variants being validated
+    assert "w4/kd/seed0/evaluate" in jobs and "w4/kd/seed0/validate" not in jobs
+    assert kd.needs == ("teacher",) and "kd.json" in kd.cmd[kd.cmd.index("--config_file") + 1]
+    assert "--lambda_max" not in kd.cmd and _value(kd.cmd, "--teacher_ckpt").endswith("teacher/models/model.pt")
+    chosen = {(None, 4): recokd_table.Variant(0.1)}
+    assert {j.key for j in recokd_table.plan(args, {}, chosen) if "/kd/" in j.key} == {
+        "w4/kd/seed0",
+        "w4/kd/seed0/evaluate",
+    }
+    assert recokd_table.parse_args([])[0].rows == recokd_table.TABLE_ROWS  # kd only on request
 
 
 def _validated(out: Path, key: str, wt: float, tc: float, et: float) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import _thread
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -137,9 +138,15 @@ def test_ctrl_c_stops_the_running_commands(tmp_path):
             time.sleep(0.05)
         _thread.interrupt_main()
 
-    threading.Thread(target=press_ctrl_c, daemon=True).start()
-    with pytest.raises(KeyboardInterrupt):
-        jobs.run([job])
+    # Python's own Ctrl+C handler, whatever the test runner inherited (a shell's background job ignores SIGINT, and
+    # then interrupt_main() does nothing)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=press_ctrl_c, daemon=True).start()
+        with pytest.raises(KeyboardInterrupt):
+            jobs.run([job])
+    finally:
+        signal.signal(signal.SIGINT, previous)
     with pytest.raises(ProcessLookupError):  # stopped and reaped
         os.kill(int(pid.read_text()), 0)
     assert not job.done

@@ -34,7 +34,13 @@ from monai.networks.nets.flexible_unet import FLEXUNET_BACKBONE
 from common.checkpoints import load_checked, optional_path, read_state_dict
 from common.errors import CheckpointError, InputError
 
-__all__ = ["EfficientUNetStudent", "trained_student", "load_imagenet_encoder_weights", "adapt_stem_weight"]
+__all__ = [
+    "EfficientUNetStudent",
+    "TrainedStudentTeacher",
+    "trained_student",
+    "load_imagenet_encoder_weights",
+    "adapt_stem_weight",
+]
 
 # Encoder modules that only the ImageNet classifier uses; FlexibleUNet never runs them.
 _UNUSED_ENCODER_HEAD = ("_conv_head", "_conv_head_padding", "_bn1", "_avg_pooling", "_dropout", "_fc")
@@ -208,14 +214,41 @@ class EfficientUNetStudent(FlexibleUNet):
         return {"logits": logits, "features": encoded[-1]}
 
 
+class TrainedStudentTeacher(torch.nn.Module):
+    """A trained student used as a teacher: it sees an image as the student sees its training images (resized,
+    bilinear as MONAI's ``Resized``, to ``image_size`` per spatial axis) and returns its logits at that size.
+
+    The teacher cache stores the images as loaded, before the training preprocessing resizes them (HC18: 800 x 540,
+    not a multiple of 32), so the plain student cannot run on them; the cache resizes the returned logits to the
+    training size, which here is already their size, so the cached logits are exactly the student's.
+    """
+
+    def __init__(self, student: EfficientUNetStudent, image_size: int) -> None:
+        super().__init__()
+        self.student, self.image_size = student, int(image_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = (self.image_size,) * (x.ndim - 2)
+        if tuple(x.shape[2:]) != size:
+            x = torch.nn.functional.interpolate(x, size=size, mode="bilinear" if x.ndim == 4 else "trilinear")
+        return self.student(x)
+
+
 def trained_student(
-    num_classes: int, in_channels: int, checkpoint: str | os.PathLike[str] | None, **kwargs: object
-) -> EfficientUNetStudent:
+    num_classes: int,
+    in_channels: int,
+    checkpoint: str | os.PathLike[str] | None,
+    image_size: int,
+    **kwargs: object,
+) -> TrainedStudentTeacher:
     """A student loaded from a trained run's ``model.pt``, to serve as the teacher of the self-distillation control
-    (``self_kd.json``): a missing path is one clear error, not a silently random teacher."""
+    (``self_kd.json``) on images of any size (:class:`TrainedStudentTeacher`): a missing path is one clear error, not
+    a silently random teacher."""
     if optional_path(checkpoint) is None:
         raise CheckpointError(
             "self_kd.json needs --self_teacher_ckpt: the models/model.pt of a trained student of this task "
             "(e.g. a student_only run)."
         )
-    return EfficientUNetStudent(num_classes, in_channels, checkpoint=checkpoint, **kwargs)
+    return TrainedStudentTeacher(
+        EfficientUNetStudent(num_classes, in_channels, checkpoint=checkpoint, **kwargs), image_size
+    )

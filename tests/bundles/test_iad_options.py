@@ -137,7 +137,8 @@ def test_teacher_logits_are_warped_with_border_padding(setup):
 
 
 def test_self_kd_distils_from_a_saved_student_and_refuses_a_missing_one(setup):
-    """The control row: the teacher is the saved student alone (equal weights, its logits are the cached ones), no
+    """The control row: the teacher is the saved student alone (equal weights, its logits on the image resized as the
+    student sees it are the cached ones; the 64-px images train at 32 px here, as HC18's 800 x 540 ones at 128), no
     SAM; without --self_teacher_ckpt the run stops with one line saying which option is missing."""
     from common.engines.teacher_cache import _loading_part
     from common.errors import CheckpointError, _find_input_error
@@ -147,21 +148,22 @@ def test_self_kd_distils_from_a_saved_student_and_refuses_a_missing_one(setup):
     alone = EfficientUNetStudent(3).eval()
     torch.save({"model": alone.state_dict()}, root / "alone.pt")
     cache = root / "cache_self"
-    overrides = {**o, "teacher_cache_dir": str(cache)}
+    overrides = {**o, "teacher_cache_dir": str(cache), "image_size": 32}
     bundle = root / "self_kd"
     run(config_file=[str(CONFIGS / c) for c in ("train.json", "kd.json", "self_kd.json")], bundle_root=str(bundle),
         epochs=1, label_budget=2, unlabelled="rest", self_teacher_ckpt=str(root / "alone.pt"), **overrides)  # fmt: skip
     parser = _parser(["train.json", "kd.json", "self_kd.json"], bundle_root=str(bundle),
                      self_teacher_ckpt=str(root / "alone.pt"), **overrides)  # fmt: skip
     teacher = parser.get_parsed_content("teacher_def")
-    assert all(torch.equal(v, alone.state_dict()[k]) for k, v in teacher.state_dict().items())
+    assert all(torch.equal(v, alone.state_dict()[k]) for k, v in teacher.student.state_dict().items())
     entries = sorted(cache.glob("*/*.pt"))
     assert len(entries) == 6  # every training image, labelled or not
     prepare = _loading_part(parser.get_parsed_content("train#preprocessing"))  # what the cache is keyed on
     image = torch.as_tensor(prepare(dict(parser.get_parsed_content("train#datalist")[0]))["image"]).float()
     image = image.as_subclass(torch.Tensor)
-    with torch.no_grad():
-        expected = alone(image[None])[0]
+    assert image.shape[1:] == (64, 64)
+    with torch.no_grad():  # Resized's bilinear is this interpolation
+        expected = alone(torch.nn.functional.interpolate(image[None], size=(32, 32), mode="bilinear"))[0]
     cached = parser.get_parsed_content("teacher_cache").load(image)
     assert cached is not None and torch.allclose(cached["logits"], expected, atol=1e-5)
     with pytest.raises(RuntimeError) as info:  # MONAI wraps it; the CLI's excepthook prints the CheckpointError

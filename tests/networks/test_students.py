@@ -10,9 +10,10 @@ import pytest
 import torch
 from monai.bundle import verify_net_in_out
 from monai.networks.nets import EfficientNetBN, FlexibleUNet
+from monai.transforms import Resized
 
 from common.errors import CheckpointError, InputError
-from common.networks.students import EfficientUNetStudent, adapt_stem_weight
+from common.networks.students import EfficientUNetStudent, adapt_stem_weight, trained_student
 
 # B1, K=3, 2D: encoder 6,100,448 + decoder 1,771,584 + head 435 (MONAI 1.6.1; the dropped classifier head of the
 # encoder would add 1,693,160 more).
@@ -181,3 +182,19 @@ def test_encoder_batchnorm_momentum_is_configurable():
     momenta = lambda net: {m.momentum for m in net.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)}
     assert momenta(EfficientUNetStudent(3)) == {0.1}
     assert momenta(EfficientUNetStudent(3, encoder_bn_momentum=0.01)) == {0.01}
+
+
+def test_trained_student_as_teacher_sees_images_as_the_student_does(tmp_path: Path) -> None:
+    """self_kd's teacher takes an image of any size (HC18's are 800 x 540, not multiples of 32) and returns exactly
+    the saved student's logits on that image resized as the training preprocessing resizes it (bilinear Resized)."""
+    torch.manual_seed(0)
+    saved = EfficientUNetStudent(2).eval()
+    torch.save({"model": saved.state_dict()}, tmp_path / "model.pt")
+    teacher = trained_student(2, 1, tmp_path / "model.pt", image_size=64).eval()
+    image = torch.randn(1, 100, 70)
+    resized = Resized("image", (64, 64), mode="bilinear")({"image": image})["image"].as_tensor()
+    with torch.no_grad():
+        logits, expected = teacher(image[None]), saved(resized[None])
+    assert logits.shape == (1, 2, 64, 64) and torch.equal(logits, expected)
+    with pytest.raises(InputError):  # the plain student refuses such an image
+        saved(image[None])

@@ -19,6 +19,12 @@ all are, per budget the combination with the highest mean validation Dice (seeds
 reported as the row, and the table lists every combination's validation score (the second stage of the same
 command).
 
+Cross-validation by subject (``--folds``; default: every ``fold_k`` list of a ``datalist.json`` written by
+``prepare_dataset.py --folds K``, e.g. BraTS 2D slices of 6 patients in 3 folds of 2): fold k tests on ``fold_k``,
+validates on ``fold_{k+1}`` and trains on the rest, so every subject is tested once; each fold has its own teacher and
+runs, in ``OUT/fold<k>/budget_<N>/…``, its grid choice on its own validation subjects, and the table pools the folds'
+test subjects into one block per budget.
+
 With ``--teacher_root`` (a teacher already trained on every label, as ``run_pipeline.py`` trains it) there is no
 budget axis: the teacher is only evaluated, into ``OUT/teacher``, and the runs are in ``OUT/<row>/seed<k>``.
 
@@ -55,6 +61,7 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common.data.datalist import detect_folds  # noqa: E402
 from common.stats import subject_scores  # noqa: E402
 from scripts import jobs  # noqa: E402
 from scripts.bundle_runs import (  # noqa: E402
@@ -164,17 +171,23 @@ PROFILES: dict[str, dict[str, object]] = {
 
 @dataclass(frozen=True)
 class Block:
-    """The runs of one label budget: ``budget`` labelled training subjects (or ``all``), in ``root``; with a given
-    teacher (``--teacher_root``) the teacher is evaluated, not trained."""
+    """The runs of one label budget (and cross-validation fold): ``budget`` labelled training subjects (or ``all``),
+    in ``root``; with a given teacher (``--teacher_root``) the teacher is evaluated, not trained."""
 
     budget: str
     root: Path
     given_teacher: bool = False
+    fold: int | None = None
 
     @property
     def prefix(self) -> str:
-        """Prefix of its job keys."""
-        return "" if self.given_teacher else f"budget_{self.budget}/"
+        """Prefix of its job keys (and key of its grid choice)."""
+        fold = "" if self.fold is None else f"fold{self.fold}/"
+        return "" if self.given_teacher else f"{fold}budget_{self.budget}/"
+
+    @property
+    def title(self) -> str:
+        return ("" if self.fold is None else f"fold {self.fold}, ") + f"label budget {self.budget}"
 
     @property
     def teacher_root(self) -> Path:
@@ -185,10 +198,13 @@ class Block:
 
 
 def blocks(args: argparse.Namespace) -> list[Block]:
-    """One block per budget in ``OUT/budget_<N>``; one block in ``OUT`` itself with a given teacher."""
+    """One block per budget in ``OUT/budget_<N>`` (per fold and budget in ``OUT/fold<k>/budget_<N>``); one block in
+    ``OUT`` itself with a given teacher."""
     out = Path(args.out)
     if args.teacher_root:
         return [Block("all", out, True)]
+    if args.folds:
+        return [Block(b, out / f"fold{k}" / f"budget_{b}", fold=k) for k in args.folds for b in args.budgets]
     return [Block(b, out / f"budget_{b}") for b in args.budgets]
 
 
@@ -231,7 +247,7 @@ def teacher_jobs(block: Block, args: argparse.Namespace) -> list[jobs.Job]:
     overrides = {"bundle_root": str(block.teacher_root), "dataset_dir": args.dataset_dir, "seed": args.seeds[0]}
     overrides.update({"teacher_arch": args.teacher_arch, "teacher_ckpt": args.teacher_ckpt, "num_workers": 0})
     overrides.update({"image_size": args.teacher_image_size, "epochs": args.teacher_epochs})
-    overrides.update(_budget_overrides(block.budget, args))
+    overrides.update({**_budget_overrides(block.budget, args), "fold": block.fold})
     overrides = {**_sized(overrides), **args.row_overrides.get("teacher", {})}
     train = [TEACHER_CONFIGS / "train.json"]
     evaluate = None if args.no_teacher_row else train + [TEACHER_CONFIGS / "evaluate.json"]
@@ -251,7 +267,7 @@ def run_epochs(
     budget = None if block.budget == "all" else int(block.budget)
     unlabelled = "rest" if ROWS[row].distils and block.budget != "all" else "none"
     items = training_items(args.dataset_dir, label_budget=budget, budget_seed=args.budget_seed,
-                           unlabelled=unlabelled, check=False)  # fmt: skip
+                           unlabelled=unlabelled, fold=block.fold, check=False)  # fmt: skip
     batch = int(args.row_overrides.get("students", {}).get("batch_size", _bundle_default("batch_size")))
     per_epoch = math.ceil(len(items) / batch)
     epochs = max(2, math.ceil(args.iterations / per_epoch))
@@ -269,6 +285,7 @@ def cache_job(block: Block, args: argparse.Namespace) -> jobs.Job:
     cmd += ["--ckpt_path", str(root / "models" / "model_merged.pt"), "--teacher_arch", args.teacher_arch]
     cmd += ["--image_size", str(args.teacher_image_size), "--teacher_cache_dir", str(Path(args.out) / "teacher_cache")]
     cmd += ["--cache_size", str(args.image_size or _bundle_default("image_size"))]
+    cmd += [] if block.fold is None else ["--fold", str(block.fold)]
     marker = root / "cache_filled.json"
     return jobs.Job(f"{block.prefix}teacher_cache", "fill the teacher cache", cmd, [], marker=marker,
                     needs=(f"{block.prefix}teacher",), log=root / "cache.log")  # fmt: skip
@@ -286,7 +303,7 @@ def student_overrides(
     overrides.update({"num_workers": 0, "teacher_arch": args.teacher_arch, "teacher_ckpt": args.teacher_ckpt})
     overrides.update({"teacher_adapter": adapter, "teacher_image_size": args.teacher_image_size})
     overrides["teacher_cache_dir"] = str(Path(args.out) / "teacher_cache")  # entries are keyed by the teacher
-    overrides.update(_budget_overrides(block.budget, args))
+    overrides.update({**_budget_overrides(block.budget, args), "fold": block.fold})
     # the other training subjects' images, labelled by the teacher, for a row that learns from it under a budget
     overrides["unlabelled"] = "rest" if ROWS[row].distils and block.budget != "all" else "none"
     if ROWS[row].self_taught:
@@ -332,13 +349,14 @@ def _short(value: object) -> str:
     return f"{value:g}" if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
 
-Chosen = dict[str, dict[str, Variant]]  # budget -> gridded row -> the variant chosen on validation
+Chosen = dict[str, dict[str, Variant]]  # Block.prefix -> gridded row -> the variant chosen on validation
 
 
 def choose_variants(args: argparse.Namespace) -> tuple[Chosen | None, dict[str, dict[str, dict[str, float | None]]]]:
-    """Per budget and gridded row, the variant with the highest mean validation Dice (``mean_dice`` of its
-    ``eval_validation/``, averaged over the row's seeds; a tie goes to the variant listed first). Returns (the choice,
-    or None while a variant's validation is unfinished; the scores: budget -> row -> variant name -> score)."""
+    """Per block (budget, and fold) and gridded row, the variant with the highest mean validation Dice (``mean_dice``
+    of its ``eval_validation/``, averaged over the row's seeds; a tie goes to the variant listed first). Returns (the
+    choice, or None while a variant's validation is unfinished; the scores: block prefix -> row -> variant name ->
+    score)."""
     chosen: Chosen = {}
     scores: dict[str, dict[str, dict[str, float | None]]] = {}
     complete = True
@@ -348,11 +366,11 @@ def choose_variants(args: argparse.Namespace) -> tuple[Chosen | None, dict[str, 
             for name in by_name:
                 paths = [block.run_root(name, s) / VALIDATION_EVAL / SUMMARY.name for s in _seeds(row, args)]
                 per_seed[name] = [json.loads(p.read_text())["mean_dice"] if p.is_file() else None for p in paths]
-            best, scores.setdefault(block.budget, {})[row] = best_on_validation(per_seed)
+            best, scores.setdefault(block.prefix, {})[row] = best_on_validation(per_seed)
             if best is None:
                 complete = False
             else:
-                chosen.setdefault(block.budget, {})[row] = by_name[best]
+                chosen.setdefault(block.prefix, {})[row] = by_name[best]
     return (chosen if complete else None), scores
 
 
@@ -371,7 +389,7 @@ def plan(args: argparse.Namespace, chosen: Chosen | None = None) -> list[jobs.Jo
             evaluate = configs + [CONFIGS / "evaluate.json"]
             needs = (f"{block.prefix}teacher_cache",) if ROWS[row].distils and not block.given_teacher else ()
             gridded = bool(args.grid.get(row))
-            pick = (chosen or {}).get(block.budget, {}).get(row)
+            pick = (chosen or {}).get(block.prefix, {}).get(row)
             for variant in row_variants(row, args):
                 for seed in _seeds(row, args):
                     if ROWS[row].self_taught:  # its teacher is a student alone; it fills its own cache entries
@@ -397,16 +415,16 @@ def _teacher_files(block: Block, args: argparse.Namespace) -> tuple[Path, Path, 
 
 
 def collect(args: argparse.Namespace, chosen: Chosen | None = None) -> dict[str, dict[str, list[dict]]]:
-    """budget -> row (and ``teacher``) -> its finished runs: seed, test summary, per-case metrics file and training
-    seconds (NaN when unknown); a gridded row's runs are those of its variant chosen on validation. A run without
-    its evaluation is left out, with a line saying so."""
+    """budget -> row (and ``teacher``) -> its finished runs: seed, fold, test summary, per-case metrics file and
+    training seconds (NaN when unknown), the folds of a budget pooled; a gridded row's runs are those of its variant
+    chosen on validation. A run without its evaluation is left out, with a line saying so."""
     results: dict[str, dict[str, list[dict]]] = {}
     for block in blocks(args):
-        found: dict[str, list[dict]] = {}
+        found = results.setdefault(block.budget, {})
         for row in args.rows:
             name = row
             if args.grid.get(row):
-                pick = (chosen or {}).get(block.budget, {}).get(row)
+                pick = (chosen or {}).get(block.prefix, {}).get(row)
                 if pick is None:
                     print(f"[miss] {block.prefix}{row}: no variant chosen on validation yet, left out", flush=True)
                     continue
@@ -417,26 +435,32 @@ def collect(args: argparse.Namespace, chosen: Chosen | None = None) -> dict[str,
                     print(f"[miss] {block.prefix}{name} seed {seed}: not finished, left out", flush=True)
                     continue
                 summary = json.loads((root / SUMMARY).read_text())
-                entry = {"seed": seed, "summary": summary, "per_case": str(root / PER_CASE)}
+                entry = {"seed": seed, "fold": block.fold, "summary": summary, "per_case": str(root / PER_CASE)}
                 found.setdefault(row, []).append({**entry, "train_seconds": train_seconds(root)})
         summary, per_case, marker = _teacher_files(block, args)
         if not args.no_teacher_row and summary.is_file() and per_case.is_file():
             seconds = jobs.wall_seconds(marker)
-            entry = {"seed": args.seeds[0], "summary": json.loads(summary.read_text()), "per_case": str(per_case)}
-            found["teacher"] = [{**entry, "train_seconds": math.nan if seconds is None else seconds}]
-        if found:
-            results[block.budget] = found
-    return results
+            entry = {"seed": args.seeds[0], "fold": block.fold, "summary": json.loads(summary.read_text())}
+            entry.update({"per_case": str(per_case), "train_seconds": math.nan if seconds is None else seconds})
+            found.setdefault("teacher", []).append(entry)
+    return {budget: found for budget, found in results.items() if found}
 
 
 def block_statistics(
     runs: dict[str, list[dict]], classes: list[str], args: argparse.Namespace, regions: Sequence[str] = ()
 ) -> dict[str, dict]:
     """Row -> ``dice`` and ``hd95`` (over ``classes``) and ``class_dice`` (per class and per region), each the
-    paired bootstrap of the row's subject scores (seeds averaged inside a subject) against the student alone."""
+    paired bootstrap of the row's subject scores (seeds averaged inside a subject; a seed's folds test disjoint
+    subjects, so their scores are pooled) against the student alone."""
 
     def scores(metric: str, names: list[str]) -> dict:
-        return {m: {r["seed"]: subject_scores(r["per_case"], metric, names) for r in rs} for m, rs in runs.items()}
+        out: dict[str, dict[int, dict[str, float]]] = {}
+        for method, method_runs in runs.items():
+            for r in method_runs:
+                out.setdefault(method, {}).setdefault(r["seed"], {}).update(
+                    subject_scores(r["per_case"], metric, names)
+                )
+        return out
 
     dice = bootstrap_or_none(scores("dice", classes), BASELINE, args.n_boot, args.bootstrap_seed)
     hd95 = bootstrap_or_none(scores("hd95", classes), BASELINE, args.n_boot, args.bootstrap_seed, False)
@@ -487,11 +511,16 @@ def _label(row: str, args: argparse.Namespace) -> str:
 def _heading(block: Block, args: argparse.Namespace) -> str:
     if block.given_teacher:
         return f"## Every labelled training subject (teacher trained in {args.teacher_root})"
+    folds = (
+        ""
+        if block.fold is None
+        else f" — {len(args.folds)}-fold cross-validation by subject, every subject tested once, a teacher per fold"
+    )
     if block.budget == "all":
-        return "## Label budget: every labelled training subject"
+        return "## Label budget: every labelled training subject" + folds
     return (
         f"## Label budget: {block.budget} labelled training subjects (the rows that learn from the teacher also see "
-        "the other training subjects' images, labelled by the teacher)"
+        "the other training subjects' images, labelled by the teacher)" + folds
     )
 
 
@@ -532,7 +561,7 @@ def write_table(
             dice = s["dice"] or {}
             cells = [
                 _label(method, args),
-                str(len(method_runs)),
+                str(len({r["seed"] for r in method_runs})),
                 str(dice.get("subjects", "–")),
                 ci_cell(s["dice"], 100),
             ]
@@ -571,14 +600,15 @@ def write_table(
 
 
 def _choice_lines(args: argparse.Namespace, choice: tuple[Chosen | None, dict]) -> list[str]:
-    """Per budget, every gridded variant's mean validation Dice (seeds averaged), the pick marked."""
+    """Per block (budget, and fold), every gridded variant's mean validation Dice (seeds averaged), the pick marked."""
     chosen, scores = choice
+    titles = {b.prefix: b.title for b in blocks(args)}
     md = []
-    for budget, rows in scores.items():
-        md += [f"## Chosen on validation (label budget {budget}): the settings of the gridded rows, not on test", ""]
+    for key, rows in scores.items():
+        md += [f"## Chosen on validation ({titles[key]}): the settings of the gridded rows, not on test", ""]
         md += ["| row | variant | settings | seeds | mean validation Dice % |", "|---|---|---|---|---|"]
         for row, variants in rows.items():
-            pick = (chosen or {}).get(budget, {}).get(row)
+            pick = (chosen or {}).get(key, {}).get(row)
             settings = {v.name: v.settings for v in row_variants(row, args)}
             for name, score in variants.items():
                 cell = (
@@ -605,7 +635,7 @@ def _record(budget: str, method: str, runs: list[dict], stats: dict, size: dict,
         return math.nan if value is None else float(value if i is None else value[i])
 
     dice, hd95 = stats["dice"], stats["hd95"]
-    record: dict[str, object] = {"budget": budget, "method": method, "seeds": len(runs)}
+    record: dict[str, object] = {"budget": budget, "method": method, "seeds": len({r["seed"] for r in runs})}
     record["subjects"] = dice["subjects"] if dice else 0
     record.update({"dice": get(dice, "mean"), "dice_lo": get(dice, "ci", 0), "dice_hi": get(dice, "ci", 1)})
     record.update({f"dice_{c}": get(stats["class_dice"][c], "mean") for c in classes})
@@ -699,6 +729,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--budgets", nargs="+", type=_budget, default=None, help="labelled training subjects per block, "
                    "or 'all' (default: 8 32 all)")  # fmt: skip
     p.add_argument("--budget_seed", type=int, default=0, help="seed of the draw of the labelled subjects")
+    p.add_argument("--folds", nargs="+", type=int, default=None, help="cross-validation folds to run (default: "
+                   "every fold_k list of the datalist; none: its training/validation/test split)")  # fmt: skip
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--kis_epochs", type=int, default=None)
     p.add_argument("--iterations", type=int, default=None, help="optimiser steps of every student run (sets its "
@@ -725,6 +757,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--plan", action="store_true", help="print the jobs (done or not) and run nothing")
     p.add_argument("--report_only", action="store_true", help="write the table from finished runs; train nothing")
     args = p.parse_args(argv)
+    detected = detect_folds(args.dataset_dir)
+    if args.folds is None:
+        args.folds = detected
+    elif any(f not in detected for f in args.folds):
+        p.error(f"--folds {args.folds}: '{args.dataset_dir}' has the folds {detected} (fold_k lists of datalist.json)")
+    if args.teacher_root and args.folds:
+        p.error("--teacher_root gives one teacher trained on every label; cross-validation trains one per fold")
     if args.teacher_root:
         if args.budgets not in (None, ["all"]):
             p.error("--teacher_root gives a teacher trained on every label: drop it to train one per --budgets")

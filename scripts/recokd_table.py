@@ -58,6 +58,7 @@ from typing import NamedTuple
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common.data.datalist import detect_folds  # noqa: E402
 from common.stats import subject_scores  # noqa: E402
 from scripts import jobs  # noqa: E402
 from scripts.bundle_runs import (  # noqa: E402
@@ -215,15 +216,6 @@ class Run:
 
     def root(self, out: str | Path) -> Path:
         return Path(out) / self.key
-
-
-def detect_folds(dataset_dir: str | Path) -> list[int]:
-    """The fold indices of a datalist with ``fold_0`` … ``fold_{K-1}`` lists (at least 3), else []."""
-    path = Path(dataset_dir) / "datalist.json"
-    if not path.is_file():
-        return []
-    found = sorted(int(k.split("_")[1]) for k in json.loads(path.read_text()) if re.fullmatch(r"fold_\d+", k))
-    return found if len(found) >= 3 else []
 
 
 def _folds(args: argparse.Namespace) -> list[int | None]:

@@ -24,6 +24,7 @@ __all__ = [
     "load_datalist",
     "load_images",
     "check_items",
+    "detect_folds",
     "fold_split",
     "inference_items",
     "subject_budget",
@@ -75,6 +76,16 @@ def load_datalist(
         raise DataError(f"The '{key}' split of '{datalist_path}' is empty.")
     check_items(items, num_classes=num_classes, read=check, dim=dim, in_channels=in_channels)
     return items
+
+
+def detect_folds(dataset_dir: str | Path) -> list[int]:
+    """The fold indices of a datalist with ``fold_0`` … ``fold_{K-1}`` lists (at least 3, as :func:`fold_split`
+    needs), else [] (a datalist with its own training / validation / test split, or none)."""
+    path = Path(dataset_dir) / "datalist.json"
+    if not path.is_file():
+        return []
+    found = sorted(int(k.split("_")[1]) for k in _read_json(path) if re.fullmatch(r"fold_\d+", k))
+    return found if len(found) >= 3 else []
 
 
 def fold_split(datalist_path: str | Path, key: str, fold: int | None) -> list[str]:
@@ -227,15 +238,20 @@ def _check_values(name, label: np.ndarray, num_classes: int) -> None:
 
 
 def inference_items(
-    image: str | Sequence[str] | None = None, dataset_dir: str | Path | None = None, key: str = "test"
+    image: str | Sequence[str] | None = None,
+    dataset_dir: str | Path | None = None,
+    key: str = "test",
+    fold: int | None = None,
 ) -> list[dict]:
     """What ``inference.json`` segments: ``image`` (a file, a DICOM series folder, or a list of one file per channel)
-    when given, else split ``key`` of ``dataset_dir/datalist.json`` (labels, if any, are not read)."""
+    when given, else split ``key`` of ``dataset_dir/datalist.json`` (of cross-validation fold ``fold`` when given;
+    labels, if any, are not read)."""
     if image is None or image == "":
         if dataset_dir is None:
             raise DataError("nothing to segment: give --image PATH, or --dataset_dir with a datalist.json.")
         return [
-            {k: v for k, v in item.items() if k != "label"} for item in load_datalist(dataset_dir, key, check=False)
+            {k: v for k, v in item.items() if k != "label"}
+            for item in load_datalist(dataset_dir, key, check=False, fold=fold)
         ]
     for path in _paths(image):
         if not Path(path).exists():

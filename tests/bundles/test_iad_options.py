@@ -170,3 +170,28 @@ def test_self_kd_distils_from_a_saved_student_and_refuses_a_missing_one(setup):
         _parser(["train.json", "kd.json", "self_kd.json"], **o).get_parsed_content("teacher_def")
     error = _find_input_error(info.value)
     assert isinstance(error, CheckpointError) and "self_kd.json needs --self_teacher_ckpt" in str(error)
+
+
+def test_fold_selects_the_cross_validation_split_in_the_student_and_teacher_bundles(tmp_path):
+    """``--fold k`` on a datalist of fold lists: training reads the other folds, validation ``fold_{k+1}``, the
+    teacher cache the training images — in the student, the teacher and the teacher's cache fill alike."""
+    from common.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "d", num_items=(6, 1, 1), size=16)
+    items = json.loads((data / "datalist.json").read_text())["training"]
+    folds = {f"fold_{k}": [{**i, "subject": f"p{k}"} for i in items[2 * k : 2 * k + 2]] for k in range(3)}
+    (data / "datalist.json").write_text(json.dumps(folds))
+    teacher_configs = REPO / "bundles" / "teacher_lora" / "configs"
+    common = {"dataset_dir": str(data), "bundle_root": str(tmp_path / "b"), "fold": 1}
+    for configs in ([CONFIGS / "train.json"], [teacher_configs / "train.json"]):
+        parser = ConfigParser()
+        parser.read_config([str(c) for c in configs])
+        parser.update(common)
+        assert {i["subject"] for i in parser.get_parsed_content("train#datalist")} == {"p0"}  # not test p1, val p2
+        assert {i["subject"] for i in parser.get_parsed_content("validate#datalist")} == {"p2"}
+    parser = ConfigParser()
+    parser.read_config([str(teacher_configs / "inference.json"), str(teacher_configs / "cache.json")])
+    parser.update(common)
+    assert [i["image"] for i in parser.get_parsed_content("datalist")] == [
+        str(data / i["image"]) for i in folds["fold_0"]
+    ]

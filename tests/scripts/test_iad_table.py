@@ -188,8 +188,10 @@ def test_resuming_skips_the_finished_jobs(tmp_path, capsys):
 CLASSES = ["optic disc", "optic cup"]
 
 
-def _write_run(root: Path, shift: float, seed: int, seconds: float | None, folder: str = "eval") -> None:
-    """A finished run's files: per-case metrics of 4 subjects x 2 slices (Dice of the student alone plus ``shift``;
+def _write_run(
+    root: Path, shift: float, seed: int, seconds: float | None, folder: str = "eval", subject: str = "s"
+) -> None:
+    """A finished run's files: per-case metrics of 4 subjects (``<subject>1`` … ``<subject>4``) x 2 slices (Dice of the student alone plus ``shift``;
     HD95 = 10 x (1 - Dice); the cup absent from slice 1 of subject 4), its summary (both in ``root/folder``) and its
     training marker."""
     (root / folder).mkdir(parents=True)
@@ -201,7 +203,9 @@ def _write_run(root: Path, shift: float, seed: int, seconds: float | None, folde
             if i == 4 and j == 1:
                 dice[1] = math.nan
             hd = [10 * (1 - d) for d in dice]
-            cells = [f"s{i}_{j}"] + ["nan" if math.isnan(v) else v for v in dice + hd + dice] + [f"s{i}"]
+            cells = (
+                [f"{subject}{i}_{j}"] + ["nan" if math.isnan(v) else v for v in dice + hd + dice] + [f"{subject}{i}"]
+            )
             lines.append(cells)
     with open(root / folder / "metrics_per_case.csv", "w", newline="") as f:
         csv.writer(f).writerows(lines)
@@ -352,8 +356,8 @@ def test_grid_trains_variants_on_validation_then_the_chosen_one_is_tested_and_re
         for seed, score in enumerate(scores):
             _validated(out / name / f"seed{seed}", score)
     chosen, scores = iad_table.choose_variants(args)
-    assert chosen["2"]["iad"].name == "iad_alpha0.2_kis_fraction0.5"  # 0.83 beats 0.82, 0.80 and 0.5 on average
-    assert scores["2"]["iad"]["iad_alpha0.02_kis_fraction1"] == pytest.approx(0.80)
+    assert chosen["budget_2/"]["iad"].name == "iad_alpha0.2_kis_fraction0.5"  # 0.83 beats 0.82, 0.80 and 0.5
+    assert scores["budget_2/"]["iad"]["iad_alpha0.02_kis_fraction1"] == pytest.approx(0.80)
     stage2 = {j.key for j in iad_table.plan(args, chosen)} - set(job)
     assert stage2 == {"budget_2/iad_alpha0.2_kis_fraction0.5/seed0/evaluate",
                       "budget_2/iad_alpha0.2_kis_fraction0.5/seed1/evaluate"}  # fmt: skip
@@ -382,3 +386,74 @@ def test_grid_trains_variants_on_validation_then_the_chosen_one_is_tested_and_re
         _args(tmp_path, "--grid", "iad:alpha=0.1,1")
     with pytest.raises(SystemExit):
         _args(tmp_path, "--rows", "kd", "--grid", "kd:temperature")
+
+
+def test_folds_give_each_fold_its_teacher_and_choice_and_pool_the_test_subjects(tmp_path, capsys):
+    """Cross-validation by subject (BraTS 2D slices of 6 patients): each fold trains its own teacher, cache and
+    students with ``--fold k``, chooses a gridded row on its own validation subjects, and the table pools the folds'
+    disjoint test subjects into one block (seeds counted once)."""
+    from common.data.synthetic import make_synthetic_dataset
+
+    data = make_synthetic_dataset(tmp_path / "d", num_items=(6, 1, 1), size=16)
+    items = json.loads((data / "datalist.json").read_text())["training"]
+    folds = {f"fold_{k}": [{**i, "subject": f"p{k}"} for i in items[2 * k : 2 * k + 2]] for k in range(3)}
+    (data / "datalist.json").write_text(json.dumps(folds))
+    args = _args(tmp_path, "--dataset_dir", str(data), "--budgets", "all", "--grid", "kd:temperature=1,4",
+                 "--n_boot", "200")  # fmt: skip
+    assert args.folds == [0, 1, 2]
+    job = {j.key: j for j in iad_table.plan(args)}
+    out = tmp_path / "out"
+    for k in range(3):
+        teacher, cache = job[f"fold{k}/budget_all/teacher"], job[f"fold{k}/budget_all/teacher_cache"]
+        assert _opt(teacher.cmd, "--fold") == str(k) and _opt(cache.cmd, "--fold") == str(k)
+        assert _opt(teacher.cmd, "--bundle_root") == str(out / f"fold{k}" / "budget_all" / "teacher")
+        kd = job[f"fold{k}/budget_all/kd_temperature1/seed1"]
+        assert _opt(kd.cmd, "--fold") == str(k) and kd.needs == (f"fold{k}/budget_all/teacher_cache",)
+        assert _opt(kd.cmd, "--teacher_adapter") == str(out / f"fold{k}/budget_all/teacher/models/adapter.pt")
+        assert _opt(job[f"fold{k}/budget_all/student_only/seed0"].cmd, "--fold") == str(k)
+    assert not any(key.startswith("budget_") for key in job)
+
+    for k in range(3):  # folds 0 and 2 prefer T = 1 on their validation subjects, fold 1 T = 4
+        block = out / f"fold{k}" / "budget_all"
+        for seed in (0, 1):
+            _validated(block / "kd_temperature1" / f"seed{seed}", 0.9 if k != 1 else 0.5)
+            _validated(block / "kd" / f"seed{seed}", 0.7)  # kd.json's T = 4 keeps the plain name
+    chosen, scores = iad_table.choose_variants(args)
+    assert [chosen[f"fold{k}/budget_all/"]["kd"].name for k in range(3)] == [
+        "kd_temperature1", "kd", "kd_temperature1"
+    ]  # fmt: skip
+    lines = iad_table._choice_lines(args, (chosen, scores))
+    assert "## Chosen on validation (fold 1, label budget all): the settings of the gridded rows, not on test" in lines
+
+    for k in range(3):
+        block = out / f"fold{k}" / "budget_all"
+        for seed in (0, 1):
+            _write_run(block / "student_only" / f"seed{seed}", 0.0, seed, 60.0, subject=f"f{k}s")
+            _write_run(block / chosen[f"fold{k}/budget_all/"]["kd"].name / f"seed{seed}", 0.02 * k, seed, 60.0,
+                       subject=f"f{k}s")  # fmt: skip
+        _write_run(block / "teacher", 0.2, 0, 600.0, subject=f"f{k}s")
+    results = iad_table.collect(args, chosen)
+    runs = results["all"]
+    assert [len(runs[m]) for m in ("student_only", "kd", "teacher")] == [6, 6, 3]
+    assert {(r["fold"], r["seed"]) for r in runs["kd"]} == {(k, s) for k in range(3) for s in (0, 1)}
+    stats = iad_table.block_statistics(runs, CLASSES, args)
+    pooled = {m: {} for m in runs}
+    for m, rs in runs.items():
+        for r in rs:
+            pooled[m].setdefault(r["seed"], {}).update(subject_scores(r["per_case"], "dice", CLASSES))
+    assert len(pooled["kd"][1]) == 12  # 3 folds x 4 test subjects, each once
+    expected = paired_bootstrap(pooled, "student_only", 200, 0, 0.95, True)
+    assert stats["kd"]["dice"]["subjects"] == 12
+    assert stats["kd"]["dice"]["difference"] == pytest.approx(expected["kd"]["difference"])
+    assert stats["kd"]["dice"]["difference"] == pytest.approx((0.0 + 0.02 + 0.04) / 3)  # by hand: the folds' shifts
+    sizes = {"student": {"params": 1e6, "latency_ms": 1.0, "input_size": 16},
+             "teacher": {"params": 2e6, "latency_ms": 2.0, "input_size": 16}}  # fmt: skip
+    md = iad_table.write_table(results, sizes, CLASSES, args)
+    assert "3-fold cross-validation by subject, every subject tested once, a teacher per fold" in md.splitlines()[0]
+    kd_row = next(line for line in md.splitlines() if line.startswith("| KD (Hinton)"))
+    assert kd_row.split(" | ")[1:3] == ["2", "12"]  # seeds, subjects
+
+    with pytest.raises(SystemExit):  # a fold the datalist does not have
+        _args(tmp_path, "--dataset_dir", str(data), "--folds", "3")
+    with pytest.raises(SystemExit):  # one given teacher cannot serve the folds
+        _args(tmp_path, "--dataset_dir", str(data), "--teacher_root", "T")

@@ -16,6 +16,7 @@ DRIVE's field of view) every score is computed inside it only.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -124,7 +125,8 @@ def summarize(cases: list[dict[str, list[float]]], class_names: Sequence[str]) -
             "global_dice": float(2 * tp[i] / denom) if denom else math.nan,
             **{f"{k}_mean": stats(v[:, i])[0] for k, v in optional.items()},
         }
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():  # a case with no class defined: NaN, no warning
+        warnings.simplefilter("ignore", RuntimeWarning)
         case_dice = np.nanmean(dice, axis=1) if dice.size else np.array([])
         case_hd = np.nanmean(hd, axis=1) if hd.size else np.array([])
     return {

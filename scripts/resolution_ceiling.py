@@ -61,8 +61,8 @@ def ceiling(
 
 
 def main(argv: list[str] | None = None) -> None:
-    from common.data.dataset_info import load_dataset_info
     from common.data.datalist import load_datalist
+    from common.data.dataset_info import load_dataset_info
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--dataset_dir", required=True, help="a 2D dataset folder (datalist.json, dataset.json)")

@@ -135,7 +135,10 @@ DEFAULTS: dict[str, object] = {
 }
 # "budget": the HC18 table of bundles/iad_student/docs (measured: one label budget, 3 rows x 3 seeds and the teacher
 # in about 2 h on 2 CPU cores with --parallel 2; every student run 465 optimiser steps, KD at T = 1, chosen a priori).
-# "gpu": PLACEHOLDERS, not measured (one GPU; to be sized after timing one run of each kind there).
+# "gpu": the released IAD code's schedule (github hjklearn/IAD, Synapse_Tool_KD/train.py: 30000 iterations at most
+# for the students, 300 epochs for SAM-B/L teachers) at LiteMedSAM's native 256 px for teacher and students (the
+# released code runs SAM ViT-L at 512: --teacher_arch vit_l --teacher_ckpt PATH --teacher_image_size 512), every
+# row and the three budgets, 3 seeds. Not timed (no GPU was lent to this work).
 PROFILES: dict[str, dict[str, object]] = {
     "budget": {
         "iterations": 465,
@@ -157,13 +160,12 @@ PROFILES: dict[str, dict[str, object]] = {
         ],
     },
     "gpu": {
-        "epochs": 100,  # PLACEHOLDER
-        "kis_epochs": 60,  # PLACEHOLDER
-        "image_size": 256,  # PLACEHOLDER
-        "teacher_image_size": 256,  # PLACEHOLDER
-        "teacher_epochs": 100,  # PLACEHOLDER
-        "seeds": [0, 1, 2, 3, 4],  # PLACEHOLDER
-        "budgets": ["8", "32", "all"],  # PLACEHOLDER
+        "iterations": 30000,  # the released code's max_iterations; every row the same number of steps
+        "image_size": 256,
+        "teacher_image_size": 256,
+        "teacher_epochs": 300,
+        "seeds": [0, 1, 2],
+        "budgets": ["8", "32", "all"],
         "rows": DEFAULT_ROWS,
     },
 }
@@ -716,7 +718,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/iad_table")
     p.add_argument("--dataset_dir", default="data/lits_liver", help="a dataset folder (datalist.json, dataset.json)")
     p.add_argument("--profile", choices=list(PROFILES), default=None, help="default sizes: budget (measured, "
-                   "the HC18 table) or gpu (placeholders)")  # fmt: skip
+                   "the HC18 table) or gpu (the released code's schedule at 256 px, not timed)")  # fmt: skip
     p.add_argument("--rows", nargs="+", choices=list(ROWS), default=None, help=f"default: {DEFAULT_ROWS}")
     p.add_argument("--row_overrides", nargs="+", default=[], metavar="ROW:KEY=VALUE",
                    help="bundle overrides of one row's runs (ROW 'teacher': the trained teachers; 'students': every "

@@ -110,9 +110,9 @@ def test_self_kd_is_taught_by_the_student_alone_of_its_seed(tmp_path):
 
 
 def test_profiles_fill_the_sizes_that_options_leave_unset():
-    args = iad_table.parse_args(["--profile", "gpu", "--epochs", "7"])
+    args = iad_table.parse_args(["--profile", "gpu", "--iterations", "70"])
     gpu = iad_table.PROFILES["gpu"]
-    assert args.epochs == 7 and args.kis_epochs == gpu["kis_epochs"] and args.image_size == gpu["image_size"]
+    assert args.iterations == 70 and args.image_size == gpu["image_size"] == 256 and args.teacher_image_size == 256
     assert args.budgets == gpu["budgets"] and args.seeds == gpu["seeds"] and args.rows == gpu["rows"]
     plain = iad_table.parse_args([])
     assert plain.rows == ["student_only", "kd", "kd_kas", "kis_only", "iad"] and plain.seeds == [0, 1, 2]

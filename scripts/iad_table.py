@@ -107,6 +107,7 @@ ROWS = {
     "kas_only": Row("IAD (KAS only)", ["kas_only.json"], False),
 }
 BASELINE = "student_only"  # every other row's paired difference is to this one
+CONTROL = "self_kd"  # with it in the table, the SAM-taught rows' paired difference to it too: what SAM adds
 TABLE_KEYS = ("kis_fraction",)  # grid keys the table itself applies (KIS's share of --iterations), not the bundle
 
 
@@ -465,12 +466,23 @@ def block_statistics(
         return out
 
     dice = bootstrap_or_none(scores("dice", classes), BASELINE, args.n_boot, args.bootstrap_seed)
+    control = (
+        bootstrap_or_none(scores("dice", classes), CONTROL, args.n_boot, args.bootstrap_seed) if CONTROL in runs else {}
+    )
     hd95 = bootstrap_or_none(scores("hd95", classes), BASELINE, args.n_boot, args.bootstrap_seed, False)
     per_class = {
         c: bootstrap_or_none(scores("dice", [c]), BASELINE, args.n_boot, args.bootstrap_seed)
         for c in [*classes, *regions]
     }
-    return {m: {"dice": dice[m], "hd95": hd95[m], "class_dice": {c: v[m] for c, v in per_class.items()}} for m in runs}
+    return {
+        m: {
+            "dice": dice[m],
+            "hd95": hd95[m],
+            "class_dice": {c: v[m] for c, v in per_class.items()},
+            "dice_vs_control": control.get(m),
+        }
+        for m in runs
+    }
 
 
 def _bundle_default(key: str) -> object:
@@ -557,6 +569,9 @@ def write_table(
         ordered = {m: runs[m] for m in [*args.rows, "teacher"] if m in runs}
         stats = block_statistics(ordered, classes, args, regions)
         statistics[budget] = stats
+        with_control = CONTROL in ordered
+        after = head.index("verdict") + 1
+        block_head = head[:after] + ["Δ Dice vs self-KD [95% CI]"] + head[after:] if with_control else head
         lines = []
         for method, method_runs in ordered.items():
             s, size = stats[method], sizes["teacher" if method == "teacher" else "student"]
@@ -570,12 +585,18 @@ def write_table(
             cells += [ci_cell(s["class_dice"][c], 100) for c in scored]
             baseline = method == BASELINE or dice.get("difference") is None
             cells += ["–" if baseline else ci_cell(s["dice"], 100, "difference", signed=True)]
-            cells += ["–" if baseline else dice["verdict"], ci_cell(s["hd95"])]
+            cells += ["–" if baseline else dice["verdict"]]
+            if with_control:
+                versus = s["dice_vs_control"] or {}
+                taught = method not in (BASELINE, CONTROL) and versus.get("difference") is not None
+                cells += [ci_cell(versus, 100, "difference", signed=True) + f" {versus['verdict']}" if taught else "–"]
+            cells += [ci_cell(s["hd95"])]
             cells += [f"{size['params'] / 1e6:.2f}", f"{size['latency_ms']:.1f}"]
             cells += [mean_std([r["train_seconds"] / 60 for r in method_runs], 1)]
             lines.append(cells)
             records.append(_record(budget, method, method_runs, s, size, scored))
-        md += [_heading(by_budget[budget], args), "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        md += [_heading(by_budget[budget], args), "", "| " + " | ".join(block_head) + " |"]
+        md += ["|" + "---|" * len(block_head)]
         md += ["| " + " | ".join(cells) + " |" for cells in lines] + [""]
     if choice is not None:
         md += _choice_lines(args, choice)
@@ -643,6 +664,11 @@ def _record(budget: str, method: str, runs: list[dict], stats: dict, size: dict,
     record.update({f"dice_{c}": get(stats["class_dice"][c], "mean") for c in classes})
     record.update({"dice_diff": get(dice, "difference"), "dice_diff_lo": get(dice, "difference_ci", 0)})
     record.update({"dice_diff_hi": get(dice, "difference_ci", 1), "verdict": (dice or {}).get("verdict") or ""})
+    control = stats.get("dice_vs_control")
+    record.update(
+        {"dice_diff_self_kd": get(control, "difference"), "dice_diff_self_kd_lo": get(control, "difference_ci", 0)}
+    )
+    record.update({"dice_diff_self_kd_hi": get(control, "difference_ci", 1)})
     record.update({"hd95": get(hd95, "mean"), "hd95_lo": get(hd95, "ci", 0), "hd95_hi": get(hd95, "ci", 1)})
     record.update({"hd95_diff": get(hd95, "difference"), "params": size["params"], "latency_ms": size["latency_ms"]})
     minutes = [r["train_seconds"] / 60 for r in runs if not math.isnan(r["train_seconds"])]
@@ -666,7 +692,13 @@ def _notes(
         f"{args.n_boot} resamples of those subjects with replacement (seed {args.bootstrap_seed}), the same resample "
         "for every row (paired). Δ: per subject, the row minus the student only, then the mean, with its paired CI; "
         "better / worse when that CI excludes 0, else no difference. Per-class Dice: the same over the subjects where "
-        f"the class is defined. Dice in %, HD95 in {hd95_unit} (lower is better).",
+        f"the class is defined. Dice in %, HD95 in {hd95_unit} (lower is better)."
+        + (
+            " Δ vs self-KD: the same paired difference to the student taught by the student alone (no SAM) on the "
+            "same labelled and unlabelled images: what the SAM teacher adds beyond self-training."
+            if any(CONTROL in runs for runs in results.values())
+            else ""
+        ),
         f"Empty masks: {convention}.",
         f"Student: EfficientNet-B1 U-Net, {student['params'] / 1e6:.2f} M parameters; teacher: "
         f"{TEACHER_NAMES.get(args.teacher_arch, args.teacher_arch)} with LoRA merged, {teacher['params'] / 1e6:.2f} M "

@@ -457,3 +457,37 @@ def test_folds_give_each_fold_its_teacher_and_choice_and_pool_the_test_subjects(
         _args(tmp_path, "--dataset_dir", str(data), "--folds", "3")
     with pytest.raises(SystemExit):  # one given teacher cannot serve the folds
         _args(tmp_path, "--dataset_dir", str(data), "--teacher_root", "T")
+
+
+def test_with_the_self_kd_control_the_sam_taught_rows_get_their_difference_to_it(tmp_path):
+    """Row self_kd in the table: a column with each SAM-taught row's paired difference to it (by hand: kd is the
+    student + 0.10 on every slice, self_kd + 0.04, so kd − self_kd is +6.00 Dice on every subject)."""
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    info = {"dim": 2, "channel_names": ["US"], "labels": {"0": "background", "1": CLASSES[0], "2": CLASSES[1]},
+            "normalisation": {"method": "range", "range": [0, 255]}}  # fmt: skip
+    (dataset / "dataset.json").write_text(json.dumps(info))
+    args = iad_table.parse_args(["--out", str(tmp_path / "out"), "--dataset_dir", str(dataset), "--budgets", "8",
+                                 "--rows", "student_only", "self_kd", "kd", "--seeds", "0", "--n_boot", "200",
+                                 "--no_teacher_row"])  # fmt: skip
+    block = tmp_path / "out" / "budget_8"
+    for row, shift in (("student_only", 0.0), ("self_kd", 0.04), ("kd", 0.1)):
+        _write_run(block / row / "seed0", shift, 0, 60.0)
+    sizes = {"student": {"params": 1e6, "latency_ms": 1.0, "input_size": 16},
+             "teacher": {"params": 2e6, "latency_ms": 2.0, "input_size": 16}}  # fmt: skip
+    md = iad_table.write_table(iad_table.collect(args), sizes, CLASSES, args)
+    lines = md.splitlines()
+    head = [c.strip() for c in lines[2].strip("| ").split(" | ")]
+    column = head.index("Δ Dice vs self-KD [95% CI]")
+    rows = {
+        line.split(" | ")[0].lstrip("| "): [c.strip() for c in line.strip("| ").split(" | ")] for line in lines[4:7]
+    }
+    assert rows["KD (Hinton)"][column] == "+6.00 [+6.00, +6.00] better"
+    assert rows["Self-KD (student teacher, no SAM)"][column] == "–" and rows["Student only"][column] == "–"
+    assert "what the SAM teacher adds beyond self-training" in md
+    with open(tmp_path / "out" / "table.csv") as f:
+        records = {r["method"]: r for r in csv.DictReader(f)}
+    assert float(records["kd"]["dice_diff_self_kd"]) == pytest.approx(0.06)
+    plain = iad_table.write_table({"8": {k: v for k, v in iad_table.collect(args)["8"].items() if k != "self_kd"}},
+                                  sizes, CLASSES, args)  # fmt: skip
+    assert "self-KD" not in plain  # no control row, no column
